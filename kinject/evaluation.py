@@ -1,0 +1,124 @@
+"""Memorization as 4-way multiple choice scored by likelihood, and held-out LM loss.
+
+Each option is scored as the log-likelihood of its tokens given the question, with question and
+option tokenized jointly (as training saw them). All options of a batch of items go through the
+model in one forward pass. Accuracy is reported three ways: summed log-likelihood, per-token mean
+(the paper's perplexity choice) and per-character mean; per-item outcomes are kept for the fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kinject.knowledge import Item
+
+SCORINGS = ("sum", "token", "char")
+
+
+@dataclass(frozen=True)
+class EncodedItems:
+    items: list[Item]
+    ids: list[list[int]]           # one row per option, items x options
+    option_start: list[int]        # index of the first option token in each row
+    chars: np.ndarray              # option length in characters, items x options
+
+
+def encode_items(tokenizer, items: Sequence[Item]) -> EncodedItems:
+    eos = tokenizer.eos_token_id
+    ids, starts, chars = [], [], []
+    for item in items:
+        texts = [f"{item.prompt} {option}" for option in item.options]
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        for row, offsets in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            first = next(i for i, (start, _) in enumerate(offsets) if start >= len(item.prompt))
+            ids.append([eos, *row])
+            starts.append(first + 1)
+        chars.append([len(option) + 1 for option in item.options])
+    return EncodedItems(list(items), ids, starts, np.array(chars, dtype=np.float64).reshape(len(items), -1))
+
+
+@torch.no_grad()
+def option_logprobs(model, encoded: EncodedItems, batch_items: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-likelihood and token count of every option, items x options."""
+    device = next(model.parameters()).device
+    n_options = len(encoded.items[0].options) if encoded.items else 0
+    rows = batch_items * n_options
+    sums, counts = [], []
+    for lo in range(0, len(encoded.ids), rows):
+        batch = encoded.ids[lo : lo + rows]
+        starts = torch.tensor(encoded.option_start[lo : lo + rows], device=device)
+        lengths = torch.tensor([len(r) for r in batch], device=device)
+        width = int(lengths.max())
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        for i, row in enumerate(batch):
+            input_ids[i, : len(row)] = torch.tensor(row)
+        input_ids = input_ids.to(device)
+        logits = model(input_ids=input_ids).logits.float()
+        logp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        position = torch.arange(1, width, device=device)[None, :]
+        mask = (position >= starts[:, None]) & (position < lengths[:, None])
+        sums.append((logp * mask).sum(-1).cpu())
+        counts.append(mask.sum(-1).cpu())
+    shape = (len(encoded.items), n_options)
+    if not sums:
+        return np.zeros(shape), np.zeros(shape)
+    return torch.cat(sums).double().numpy().reshape(shape), torch.cat(counts).double().numpy().reshape(shape)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    items: dict[str, dict[str, list]]
+
+
+class Evaluator:
+    """Scores fixed suites of items (memorization, extraction, background) and held-out text."""
+
+    def __init__(self, tokenizer, suites: dict[str, Sequence[Item]], heldout: torch.Tensor, batch_items: int = 64):
+        self.pad_id = tokenizer.eos_token_id
+        self.suites = {name: encode_items(tokenizer, items) for name, items in suites.items() if items}
+        self.heldout = heldout
+        self.batch_items = batch_items
+
+    @torch.no_grad()
+    def __call__(self, model) -> Evaluation:
+        was_training = model.training
+        model.eval()
+        metrics: dict[str, float] = {}
+        items: dict[str, dict[str, list]] = {}
+        for name, encoded in self.suites.items():
+            logprob, tokens = option_logprobs(model, encoded, self.batch_items, self.pad_id)
+            gold = np.array([item.gold for item in encoded.items])
+            scores = {"sum": logprob, "token": logprob / np.maximum(tokens, 1), "char": logprob / encoded.chars}
+            record: dict[str, list] = {
+                "fact_id": [item.fact_id for item in encoded.items],
+                "relation": [item.relation for item in encoded.items],
+                "gold": gold.tolist(),
+                "logprob": np.round(logprob, 4).tolist(),
+            }
+            for scoring, score in scores.items():
+                correct = (score.argmax(axis=1) == gold).astype(int)
+                record[f"correct_{scoring}"] = correct.tolist()
+                metrics[f"{name}/acc_{scoring}"] = float(correct.mean())
+            metrics[f"{name}/n_items"] = len(encoded.items)
+            items[name] = record
+        if len(self.heldout):
+            metrics["heldout/loss"] = self.heldout_loss(model)
+        model.train(was_training)
+        return Evaluation(metrics, items)
+
+    def heldout_loss(self, model) -> float:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for batch in self.heldout.split(self.batch_items):
+            batch = batch.to(device)
+            logits = model(input_ids=batch).logits.float()
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
+            total += float(loss)
+            count += batch[:, 1:].numel()
+        return total / count

@@ -1,0 +1,99 @@
+"""Where each injected fact goes: a pure function of (seed, F, number of facts, number of sequences).
+
+Each fact appears exactly F times. Its k-th exposure falls in the k-th of F equal slices of the
+run's sequences, so every fact's last exposure is near the end whatever F is. Within a slice the
+facts are laid out in a seeded order at even spacing, so injected text never bunches up and a
+resumed or re-sharded run computes the very same placement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from kinject.errors import ConfigError
+from kinject.knowledge import Fact, KnowledgeSet
+
+FORMATS = ("statement", "qa", "mixed")
+PARAPHRASES = ("duplicate", "paraphrase")
+
+
+@dataclass(frozen=True)
+class InfusionConfig:
+    freq: int
+    format: str = "statement"
+    paraphrase: str = "duplicate"
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> InfusionConfig:
+        freq = cfg["freq"]
+        if isinstance(freq, bool) or not isinstance(freq, int) or freq < 0:
+            raise ConfigError("infusion.freq", "a whole number of exposures per fact, >= 0 (0 = no injection)", freq)
+        if cfg["format"] not in FORMATS:
+            raise ConfigError("infusion.format", f"one of {FORMATS}", cfg["format"])
+        if cfg["paraphrase"] not in PARAPHRASES:
+            raise ConfigError("infusion.paraphrase", f"one of {PARAPHRASES}", cfg["paraphrase"])
+        return cls(freq, cfg["format"], cfg["paraphrase"], int(cfg["seed"]))
+
+
+def render(knowledge: KnowledgeSet, fact: Fact, exposure: int, config: InfusionConfig) -> str:
+    """The text of a fact's k-th exposure: its form (statement or QA) and template (same or cycled)."""
+    relation = knowledge.relations[fact.relation]
+    qa = config.format == "qa" or (config.format == "mixed" and exposure % 2 == 1)
+    turn = exposure // 2 if config.format == "mixed" else exposure
+    index = turn if config.paraphrase == "paraphrase" else 0
+    if qa:
+        return relation.qa(index, fact.subject, fact.object)
+    return relation.statement(relation.templates[index % len(relation.templates)], fact.subject, fact.object)
+
+
+def memorization_prompt(knowledge: KnowledgeSet, fact: Fact, config: InfusionConfig) -> str:
+    """The question in the form the fact was first trained on."""
+    relation = knowledge.relations[fact.relation]
+    if config.format == "qa":
+        return relation.qa_prompt(0, fact.subject)
+    return relation.prompt(relation.templates[0], fact.subject)
+
+
+def extraction_prompt(knowledge: KnowledgeSet, fact: Fact) -> str | None:
+    """The question in a held-out template the training stream never contains."""
+    relation = knowledge.relations[fact.relation]
+    return relation.prompt(relation.heldout[0], fact.subject) if relation.heldout else None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Exposures sorted by the sequence they go into: (sequence, fact, exposure number)."""
+
+    sequence: np.ndarray
+    fact: np.ndarray
+    exposure: np.ndarray
+
+    def at(self, index: int) -> slice:
+        """The exposures spliced into one training sequence."""
+        lo, hi = np.searchsorted(self.sequence, [index, index + 1])
+        return slice(int(lo), int(hi))
+
+
+def plan(num_facts: int, freq: int, num_sequences: int, seed: int) -> Schedule:
+    if freq > num_sequences:
+        raise ConfigError("infusion.freq", f"at most the number of training sequences ({num_sequences})", freq,
+                          hint="raise tokens or lower infusion.freq")
+    rng = np.random.default_rng([seed, freq, num_facts, num_sequences])
+    order = np.arange(num_facts)
+    sequences, facts, exposures = [], [], []
+    for k in range(freq):
+        start, stop = (k * num_sequences) // freq, ((k + 1) * num_sequences) // freq
+        offset = rng.random()
+        sequences.append(start + ((order + offset) * (stop - start) / num_facts).astype(np.int64))
+        facts.append(rng.permutation(num_facts))
+        exposures.append(np.full(num_facts, k))
+    if not sequences:
+        empty = np.zeros(0, dtype=np.int64)
+        return Schedule(empty, empty, empty)
+    sequence, fact, exposure = (np.concatenate(x) for x in (sequences, facts, exposures))
+    sort = np.argsort(sequence, kind="stable")
+    return Schedule(sequence[sort], fact[sort], exposure[sort])

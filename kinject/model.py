@@ -1,0 +1,76 @@
+"""Llama2-style decoders (RMSNorm, SwiGLU, RoPE, no bias) from transformers, built from config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
+
+from kinject.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int | None
+    max_position_embeddings: int
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> ModelSpec:
+        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                    "max_position_embeddings"):
+            if not isinstance(cfg[key], int) or cfg[key] < 1:
+                raise ConfigError(f"model.{key}", "a positive integer", cfg[key])
+        if cfg["hidden_size"] % cfg["num_heads"] or cfg["num_heads"] % cfg["num_kv_heads"]:
+            raise ConfigError("model.num_heads", "heads dividing hidden_size and divisible by num_kv_heads",
+                              (cfg["hidden_size"], cfg["num_heads"], cfg["num_kv_heads"]))
+        return cls(**{key: cfg[key] for key in cls.__dataclass_fields__ if key in cfg})
+
+    def llama_config(self, vocab_size: int) -> LlamaConfig:
+        """A fresh config each call: transformers shares and mutates the one a model is built from."""
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            tie_word_embeddings=self.tie_embeddings,
+            attention_bias=False,
+            mlp_bias=False,
+        )
+
+
+def resolve_vocab(spec: ModelSpec, tokenizer_vocab: int) -> int:
+    """The model's vocabulary: the configured one (room to spare is fine) or the tokenizer's."""
+    if spec.vocab_size is None:
+        return tokenizer_vocab
+    if spec.vocab_size < tokenizer_vocab:
+        raise ConfigError("model.vocab_size", f"at least the tokenizer's {tokenizer_vocab} tokens", spec.vocab_size)
+    return spec.vocab_size
+
+
+def build(spec: ModelSpec, vocab_size: int, device: str | torch.device = "cpu") -> PreTrainedModel:
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(spec.llama_config(vocab_size), attn_implementation="sdpa")
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(total, non-embedding): the scaling law's N is non-embedding by default."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        embedding += head.weight.numel()
+    return total, total - embedding

@@ -1,0 +1,71 @@
+"""Tokenizers: a small byte-level BPE trained on the corpus (fast tiny models), or a hub one.
+
+A vocabulary of about 8k keeps tiny CPU models fast (32k makes them 4-10x slower). The trained
+tokenizer is cached under a hash of everything it was trained from, so every run of a sweep, and
+`evaluate.py` later, loads the very same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from kinject.errors import ConfigError
+
+EOS = "<|endoftext|>"
+
+
+def train_bpe(texts: Sequence[str], vocab_size: int, cache_dir: str | os.PathLike) -> PreTrainedTokenizerFast:
+    if vocab_size < 300:
+        raise ConfigError("tokenizer.vocab_size", "an integer >= 300 (256 bytes plus merges)", vocab_size)
+    digest = hashlib.sha256(f"bpe-v1|{vocab_size}|{len(texts)}".encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    path = Path(cache_dir) / "tokenizers" / digest.hexdigest()[:16] / "tokenizer.json"
+    if not path.exists():
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tokenizer.save(str(tmp))
+        os.replace(tmp, path)
+    return load_file(path)
+
+
+def load_file(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS, pad_token=EOS)
+
+
+def load_hub(name: str) -> PreTrainedTokenizerFast:
+    """A pretrained tokenizer by hub name or local folder (offline users pass a folder)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise ConfigError("tokenizer.name", "a tokenizer folder or a hub name reachable from here", name,
+                          hint=f"({error.__class__.__name__}); without network use tokenizer=bpe") from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("tokenizer.name", "a tokenizer with an end-of-sequence token", name)
+    return tokenizer
+
+
+def build(cfg, texts: Iterable[str], cache_dir: str) -> PreTrainedTokenizerFast:
+    """The tokenizer a config asks for: `kind: bpe` trains on `texts`, `kind: hub` loads `name`."""
+    if cfg.kind == "bpe":
+        return train_bpe(list(texts), int(cfg.vocab_size), cache_dir)
+    if cfg.kind == "hub":
+        return load_hub(cfg.name)
+    raise ConfigError("tokenizer.kind", "'bpe' or 'hub'", cfg.kind)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny world and budget composed through Hydra, so tests run in seconds on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "logger=none",
+    "run_name=test",
+    "sweep=test",
+    "world.people=40",
+    "world.docs_per_person=6",
+    "world.heldout_docs=16",
+    "knowledge.num_facts=24",
+    "tokens=16384",
+    "data.seq_len=64",
+    "data.batch_size=8",
+    "data.micro_batch_size=4",
+    "optim.warmup_steps=4",
+    "eval.every_n_steps=0",
+    "eval.background_facts=16",
+    "eval.heldout_sequences=4",
+    "infusion.freq=4",
+    "trainer.enable_progress_bar=false",
+    "threads=1",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, cache_dir: Path):
+    """Compose the real config with tiny overrides; later overrides win."""
+
+    def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            return compose(
+                "config",
+                overrides=[*TINY, f"paths.output_dir={output_dir or tmp_path / 'run'}",
+                           f"paths.cache_dir={cache_dir}", *overrides],
+            )
+
+    return make

@@ -1,0 +1,37 @@
+import numpy as np
+import torch
+
+from kinject.evaluation import encode_items, option_logprobs
+from kinject.experiment import prepare
+from kinject.module import CausalLM
+from omegaconf import OmegaConf
+
+
+def _one_pass_per_option(model, encoded) -> np.ndarray:
+    out = []
+    for ids, start in zip(encoded.ids, encoded.option_start):
+        x = torch.tensor([ids])
+        logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
+        out.append(float(logp[torch.arange(start - 1, len(ids) - 1), x[0, start:]].sum()))
+    return np.array(out).reshape(len(encoded.items), -1)
+
+
+def test_batched_scoring_equals_one_forward_pass_per_option(make_cfg):
+    cfg = make_cfg()
+    experiment = prepare(cfg)
+    torch.manual_seed(0)
+    model = CausalLM(OmegaConf.to_container(cfg.model, resolve=True), experiment.vocab_size).model.eval()
+    encoded = experiment.evaluator.suites["memorization"]
+    batched, counts = option_logprobs(model, encoded, batch_items=5, pad_id=0)
+    assert np.allclose(batched, _one_pass_per_option(model, encoded), atol=1e-4)
+    assert np.all(counts >= 1)
+
+
+def test_option_tokens_are_exactly_the_option(make_cfg):
+    experiment = prepare(make_cfg())
+    tokenizer = experiment.tokenizer
+    encoded = encode_items(tokenizer, experiment.evaluator.suites["memorization"].items[:6])
+    for row, (ids, start) in enumerate(zip(encoded.ids, encoded.option_start)):
+        item = encoded.items[row // 4]
+        assert tokenizer.decode(ids[start:]) == " " + item.options[row % 4]
+        assert tokenizer.decode(ids[1:start]) == item.prompt

@@ -1,0 +1,110 @@
+"""End to end through Hydra's compose API and the real CLI: train, results file, re-evaluation, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+import train as train_script
+from evaluate import evaluate
+from kinject.errors import ConfigError
+from kinject.module import CausalLM
+from tests.conftest import ROOT, TINY
+
+
+def _results(path: Path) -> dict:
+    return json.loads((path / "results.json").read_text())
+
+
+def test_train_writes_results_and_evaluate_reproduces_them(make_cfg, tmp_path):
+    cfg = make_cfg("eval.every_n_steps=16")
+    metric = train_script.train(cfg)
+    out = Path(cfg.paths.output_dir)
+    record = _results(out)
+    assert record["schema"] == "kinject.results/1" and record["status"] == "complete"
+    assert record["metrics"][cfg.metric] == metric
+    assert record["infusion"]["freq"] == 4 and record["infusion"]["num_facts"] == 24
+    assert 0 < record["infusion"]["injected_share"] < 1
+    assert record["model"]["params_non_embedding"] < record["model"]["params_total"]
+    assert [point["step"] for point in record["curve"]] == [16, 32]
+    assert len(record["items"]["memorization"]["correct_token"]) == 24
+    assert {"memorization", "extraction", "background"} <= set(record["items"])
+    assert record["config"]["infusion"]["freq"] == 4
+
+    again = evaluate(out / "checkpoints" / "last.ckpt")
+    for key, value in again.metrics.items():
+        assert value == pytest.approx(record["metrics"][key], abs=1e-6), key
+    assert again.items["memorization"]["correct_token"] == record["items"]["memorization"]["correct_token"]
+
+
+def test_a_crashed_run_resumes_to_the_same_result_as_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch):
+    overrides = ("tokens=8192", "checkpoint_every_n_steps=2", "infusion.freq=2")
+    straight = make_cfg(*overrides, output_dir=tmp_path / "straight")
+    train_script.train(straight)
+
+    crashed = make_cfg(*overrides, output_dir=tmp_path / "crashed")
+    original = CausalLM.training_step
+
+    def crash_at_step_3(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CausalLM, "training_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_script.train(crashed)
+    assert not (tmp_path / "crashed" / "results.json").exists()
+    monkeypatch.setattr(CausalLM, "training_step", original)
+    train_script.train(crashed)
+
+    a, b = _results(tmp_path / "straight"), _results(tmp_path / "crashed")
+    assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-5)
+    weights = [torch.load(p / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for p in (tmp_path / "straight", tmp_path / "crashed")]
+    for key in weights[0]:
+        assert torch.allclose(weights[0][key], weights[1][key], atol=1e-5), key
+
+
+def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "train.py", "-m", *TINY, "infusion.freq=0,2", f"paths.cache_dir={cache_dir}",
+               f"hydra.sweep.dir={sweep}", "paths.output_dir=${hydra:runtime.output_dir}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = {r["infusion"]["freq"]: r for r in (json.loads(p.read_text()) for p in sweep.rglob("results.json"))}
+    assert set(records) == {0, 2}
+    assert records[0]["infusion"]["injected_tokens"] == 0 < records[2]["infusion"]["injected_tokens"]
+    assert records[0]["run"]["output_dir"] != records[2]["run"]["output_dir"]
+
+
+def test_paper_sizes_resolve_without_training():
+    done = subprocess.run([sys.executable, "train.py", "model=562m", "infusion.freq=100", "--cfg", "job"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "hidden_size: 1280" in done.stdout and "freq: 100" in done.stdout
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        with pytest.raises(MissingConfigException, match="model/huge"):
+            compose("config", overrides=["model=huge"])
+
+
+def test_bad_config_exits_before_training_with_the_key_named(tmp_path, cache_dir):
+    done = subprocess.run([sys.executable, "train.py", *TINY, f"paths.cache_dir={cache_dir}",
+                           f"paths.output_dir={tmp_path}", "infusion.freq=-3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "infusion.freq: expected a whole number of exposures per fact" in done.stdout + done.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_config_error_type_names_key():
+    assert ConfigError("a.b", "x", 1).key == "a.b"

@@ -1,0 +1,135 @@
+"""Pretrain a Llama-style model with knowledge spliced in at frequency F; measure and record memorization.
+
+    python train.py                                       # embedded default, about 2 minutes on CPU
+    python train.py -m infusion.freq=0,4,16,64            # a frequency sweep
+    python train.py model=562m infusion.freq=100 --cfg job
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from kinject import results
+from kinject.callbacks import ConfigInCheckpoint, EvaluationCurve, StepProgressBar, TokensPerSecond
+from kinject.checkpoint import AtomicCheckpointIO
+from kinject.errors import ConfigError
+from kinject.experiment import Experiment, prepare
+from kinject.model import count_params
+from kinject.module import CausalLM
+
+log = logging.getLogger("kinject")
+
+
+def train(cfg: DictConfig) -> float | tuple[float, ...]:
+    """Trains one run, writes its results file and returns `cfg.metric` (a list of keys gives a tuple)."""
+    started = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    experiment = prepare(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+
+    module = CausalLM(model=config["model"], vocab_size=experiment.vocab_size, **config["optim"],
+                      total_steps=experiment.budget.steps)
+    params_total, params_non_embedding = count_params(module.model)
+    budget = experiment.budget
+    curve = EvaluationCurve(experiment.evaluator, int(cfg.eval.every_n_steps), budget.batch_size * budget.seq_len)
+    checkpoints = output_dir / "checkpoints"
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    progress = [StepProgressBar()] if cfg.trainer.enable_progress_bar else []
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        max_steps=budget.steps,
+        accumulate_grad_batches=budget.accumulation,
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[
+            curve,
+            TokensPerSecond(budget.micro_batch_size * budget.seq_len * budget.world_size),
+            *progress,
+            ConfigInCheckpoint(config),
+            ModelCheckpoint(dirpath=checkpoints, filename="last", every_n_train_steps=int(cfg.checkpoint_every_n_steps),
+                            save_top_k=1, enable_version_counter=False),
+        ],
+    )
+    record: dict[str, Any] = {
+        "schema": results.SCHEMA,
+        "status": "running",
+        "run": {"name": cfg.run_name or "default", "sweep": cfg.sweep, "seed": int(cfg.seed), "output_dir": str(output_dir)},
+        "model": {"name": cfg.model.name, "params_total": params_total, "params_non_embedding": params_non_embedding},
+        "budget": {"tokens": budget.sequences * budget.seq_len, "seq_len": budget.seq_len,
+                   "batch_size": budget.batch_size, "steps": budget.steps},
+        "infusion": experiment.summary(),
+    }
+    _announce(experiment, record)
+    try:
+        for logger in loggers:
+            logger.log_hyperparams({**config, "derived": {**record["model"], **record["budget"], **record["infusion"]}})
+        last = checkpoints / "last.ckpt"
+        trainer.fit(module, datamodule=experiment.datamodule, ckpt_path=str(last) if cfg.resume and last.exists() else None)
+        trainer.save_checkpoint(last, weights_only=False)
+        evaluation = experiment.evaluator(module.model)
+        metrics = {**evaluation.metrics, "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+        for logger in loggers:
+            logger.log_metrics(evaluation.metrics, step=trainer.global_step)
+        record.update(status="complete", metrics=metrics, curve=curve.curve, items=evaluation.items, config=config)
+        record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
+        if trainer.is_global_zero:
+            path = results.write_json_atomic(output_dir / results.FILENAME, record)
+            log.info("%s | results: %s | checkpoint: %s", _headline(metrics), path, last)
+    finally:
+        _close(loggers)
+    if OmegaConf.is_list(cfg.metric):
+        return tuple(metrics[key] for key in cfg.metric)
+    return metrics[cfg.metric]
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    keys = ("memorization/acc_token", "extraction/acc_token", "background/acc_token", "heldout/loss")
+    return ", ".join(f"{key} = {metrics[key]:.3f}" for key in keys if key in metrics)
+
+
+def _announce(experiment: Experiment, record: dict[str, Any]) -> None:
+    m, b, i = record["model"], record["budget"], record["infusion"]
+    log.info("model %s: %.2fM parameters (%.2fM non-embedding), vocab %d", m["name"], m["params_total"] / 1e6,
+             m["params_non_embedding"] / 1e6, experiment.vocab_size)
+    log.info("budget %d tokens = %d steps x %d sequences x %d tokens", b["tokens"], b["steps"], b["batch_size"], b["seq_len"])
+    log.info("infusion F=%d, %d facts, %s/%s: %d injected tokens (%.2f%% of the budget)", i["freq"], i["num_facts"],
+             i["format"], i["paraphrase"], i["injected_tokens"], 100 * i["injected_share"])
+
+
+def _close(loggers: list) -> None:
+    """Always finish W&B, or the next job of a multirun logs into this run."""
+    for logger in loggers:
+        logger.finalize("success")
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)
+    except ConfigError as error:
+        log.error("bad config, nothing was trained: %s", error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
