@@ -1,13 +1,16 @@
-"""Re-compute a checkpoint's evaluation (memorization, extraction, background, held-out loss).
+"""Re-compute a run's evaluation (memorization, extraction, background, held-out loss), or export it.
 
     python evaluate.py ckpt=outputs/.../checkpoints/last.ckpt [out=eval.json]
+    python evaluate.py ckpt=outputs/.../checkpoints/last.ckpt export=hf/tiny-f16   # transformers folder
+    python evaluate.py ckpt=hf/tiny-f16                                             # an exported folder
 
-The checkpoint carries its run's resolved config, so the same world, knowledge, items and
-tokenizer are rebuilt and the numbers match what training logged.
+A checkpoint (and an export) carries its run's resolved config, so the same world, knowledge,
+items and tokenizer are rebuilt and the numbers match what training logged.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -16,28 +19,50 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from kinject import results
 from kinject.errors import ConfigError
 from kinject.evaluation import Evaluation
-from kinject.experiment import prepare
+from kinject.experiment import Experiment, prepare
 from kinject.module import CausalLM
 
 log = logging.getLogger("kinject")
+CONFIG_FILE = "kinject_config.json"
 
 
-def evaluate(ckpt: str | Path) -> Evaluation:
-    path = Path(ckpt)
-    if not path.is_file():
-        raise ConfigError("ckpt", "the path of a checkpoint file written by train.py", str(path))
-    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    if "kinject_config" not in checkpoint:
-        raise ConfigError("ckpt", "a checkpoint written by train.py (it carries the run's config)", str(path))
-    cfg = OmegaConf.create(checkpoint["kinject_config"])
-    experiment = prepare(cfg)
-    module = CausalLM(**checkpoint["hyper_parameters"])
-    module.load_state_dict(checkpoint["state_dict"])
-    return experiment.evaluator(module.model)
+def load(path: str | Path) -> tuple[Experiment, PreTrainedModel, dict[str, Any]]:
+    """The run's experiment and model, from a Lightning checkpoint or an exported transformers folder."""
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        config = json.loads((path / CONFIG_FILE).read_text())
+        model = AutoModelForCausalLM.from_pretrained(path)
+    elif path.is_file():
+        checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        if "kinject_config" not in checkpoint:
+            raise ConfigError("ckpt", "a checkpoint written by train.py (it carries the run's config)", str(path))
+        config = checkpoint["kinject_config"]
+        module = CausalLM(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+        model = module.model
+    else:
+        raise ConfigError("ckpt", f"a checkpoint file from train.py or a folder exported with {CONFIG_FILE}", str(path))
+    return prepare(OmegaConf.create(config)), model, config
+
+
+def evaluate(path: str | Path) -> Evaluation:
+    experiment, model, _ = load(path)
+    return experiment.evaluator(model)
+
+
+def export(path: str | Path, folder: str | Path) -> Path:
+    """A `save_pretrained` model and tokenizer that plain transformers (and lm-evaluation-harness) load."""
+    experiment, model, config = load(path)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    experiment.tokenizer.save_pretrained(folder)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    return folder
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -45,6 +70,9 @@ def main(cfg: DictConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     try:
+        if cfg.export:
+            print(f"exported: {export(cfg.ckpt, cfg.export)}")
+            return
         evaluation = evaluate(cfg.ckpt)
     except ConfigError as error:
         log.error("%s", error)

@@ -1,6 +1,6 @@
 """Pretrain a Llama-style model with knowledge spliced in at frequency F; measure and record memorization.
 
-    python train.py                                       # embedded default, about 2 minutes on CPU
+    python train.py                                       # embedded default, about a minute on CPU
     python train.py -m infusion.freq=0,4,16,64            # a frequency sweep
     python train.py model=562m infusion.freq=100 --cfg job
 """
@@ -10,20 +10,25 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from kinject import results
 from kinject.callbacks import ConfigInCheckpoint, EvaluationCurve, StepProgressBar, TokensPerSecond
 from kinject.checkpoint import AtomicCheckpointIO
 from kinject.errors import ConfigError
+from kinject.distributed import guard_local_ddp
 from kinject.experiment import Experiment, prepare
 from kinject.model import count_params
 from kinject.module import CausalLM
@@ -31,40 +36,56 @@ from kinject.module import CausalLM
 log = logging.getLogger("kinject")
 
 
+def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callbacks: list[L.Callback]) -> L.Trainer:
+    """The Lightning Trainer of a run: budget in steps, atomic checkpoints, one owner of SLURM requeue."""
+    budget = experiment.budget
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    progress = [StepProgressBar()] if cfg.trainer.enable_progress_bar else []
+    extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    return instantiate(
+        cfg.trainer,
+        max_steps=budget.steps,
+        accumulate_grad_batches=budget.accumulation,
+        logger=loggers or False,
+        default_root_dir=cfg.paths.output_dir,
+        plugins=plugins,
+        callbacks=[*callbacks, TokensPerSecond(budget.micro_batch_size * budget.seq_len * budget.world_size),
+                   *progress, *extra],
+    )
+
+
 def train(cfg: DictConfig) -> float | tuple[float, ...]:
     """Trains one run, writes its results file and returns `cfg.metric` (a list of keys gives a tuple)."""
+    output_dir = Path(cfg.paths.output_dir)
+    done = _complete_results(output_dir) if cfg.skip_complete else None
+    if done is not None:
+        log.info("already complete, skipped: %s", output_dir / results.FILENAME)
+        return _returned(cfg, done["metrics"])
     started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    guard_local_ddp(cfg)
     experiment = prepare(cfg)
-    output_dir = Path(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
 
     module = CausalLM(model=config["model"], vocab_size=experiment.vocab_size, **config["optim"],
                       total_steps=experiment.budget.steps)
+    if cfg.compile:
+        module.model.compile()
     params_total, params_non_embedding = count_params(module.model)
     budget = experiment.budget
     curve = EvaluationCurve(experiment.evaluator, int(cfg.eval.every_n_steps), budget.batch_size * budget.seq_len)
     checkpoints = output_dir / "checkpoints"
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
-    progress = [StepProgressBar()] if cfg.trainer.enable_progress_bar else []
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        max_steps=budget.steps,
-        accumulate_grad_batches=budget.accumulation,
-        logger=loggers or False,
-        default_root_dir=str(output_dir),
-        plugins=[AtomicCheckpointIO()],
-        callbacks=[
-            curve,
-            TokensPerSecond(budget.micro_batch_size * budget.seq_len * budget.world_size),
-            *progress,
-            ConfigInCheckpoint(config),
-            ModelCheckpoint(dirpath=checkpoints, filename="last", every_n_train_steps=int(cfg.checkpoint_every_n_steps),
-                            save_top_k=1, enable_version_counter=False),
-        ],
-    )
+    trainer = build_trainer(cfg, experiment, loggers, [
+        curve,
+        ConfigInCheckpoint(config),
+        ModelCheckpoint(dirpath=checkpoints, filename="last", every_n_train_steps=int(cfg.checkpoint_every_n_steps),
+                        save_top_k=1, enable_version_counter=False),
+    ])
     record: dict[str, Any] = {
         "schema": results.SCHEMA,
         "status": "running",
@@ -73,6 +94,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         "budget": {"tokens": budget.sequences * budget.seq_len, "seq_len": budget.seq_len,
                    "batch_size": budget.batch_size, "steps": budget.steps},
         "infusion": experiment.summary(),
+        "config": config,
     }
     _announce(experiment, record)
     try:
@@ -83,23 +105,37 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         trainer.save_checkpoint(last, weights_only=False)
         evaluation = experiment.evaluator(module.model)
         metrics = {**evaluation.metrics, "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
-        for logger in loggers:
-            logger.log_metrics(evaluation.metrics, step=trainer.global_step)
-        record.update(status="complete", metrics=metrics, curve=curve.curve, items=evaluation.items, config=config)
+        record.update(status="complete", metrics=metrics, per_relation=evaluation.per_relation(), curve=curve.curve,
+                      items=evaluation.items)
         record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
         if trainer.is_global_zero:
+            _log_final(loggers, evaluation, trainer.global_step)
             path = results.write_json_atomic(output_dir / results.FILENAME, record)
             log.info("%s | results: %s | checkpoint: %s", _headline(metrics), path, last)
+    except Exception as error:
+        if trainer.is_global_zero:
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            record.update(status="failed", error=f"{type(error).__name__}: {error}",
+                          where=f"{frame.filename}:{frame.lineno}")
+            results.write_json_atomic(output_dir / results.FILENAME, record)
+        raise
     finally:
         _close(loggers)
+    return _returned(cfg, metrics)
+
+
+def _complete_results(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / results.FILENAME
+    if not path.exists():
+        return None
+    record = results.read(path)
+    return record if record["status"] == "complete" else None
+
+
+def _returned(cfg: DictConfig, metrics: dict[str, float]) -> float | tuple[float, ...]:
     if OmegaConf.is_list(cfg.metric):
         return tuple(metrics[key] for key in cfg.metric)
     return metrics[cfg.metric]
-
-
-def _headline(metrics: dict[str, float]) -> str:
-    keys = ("memorization/acc_token", "extraction/acc_token", "background/acc_token", "heldout/loss")
-    return ", ".join(f"{key} = {metrics[key]:.3f}" for key in keys if key in metrics)
 
 
 def _announce(experiment: Experiment, record: dict[str, Any]) -> None:
@@ -109,6 +145,20 @@ def _announce(experiment: Experiment, record: dict[str, Any]) -> None:
     log.info("budget %d tokens = %d steps x %d sequences x %d tokens", b["tokens"], b["steps"], b["batch_size"], b["seq_len"])
     log.info("infusion F=%d, %d facts, %s/%s: %d injected tokens (%.2f%% of the budget)", i["freq"], i["num_facts"],
              i["format"], i["paraphrase"], i["injected_tokens"], 100 * i["injected_share"])
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    keys = ("memorization/acc_token", "extraction/acc_token", "background/acc_token", "heldout/loss")
+    return ", ".join(f"{key} = {metrics[key]:.3f}" for key in keys if key in metrics)
+
+
+def _log_final(loggers: list, evaluation, step: int) -> None:
+    """Final metrics (they become the W&B summary) and a per-relation accuracy table."""
+    rows = [[suite, relation, acc] for suite, table in evaluation.per_relation().items() for relation, acc in table.items()]
+    for logger in loggers:
+        logger.log_metrics(evaluation.metrics, step=step)
+        if hasattr(logger, "log_table"):
+            logger.log_table("per_relation", columns=["suite", "relation", "acc_token"], data=rows, step=step)
 
 
 def _close(loggers: list) -> None:
@@ -123,10 +173,12 @@ def _close(loggers: list) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     try:
         return train(cfg)
     except ConfigError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
         log.error("bad config, nothing was trained: %s", error)
         sys.exit(2)
 

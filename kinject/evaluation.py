@@ -75,6 +75,15 @@ class Evaluation:
     metrics: dict[str, float]
     items: dict[str, dict[str, list]]
 
+    def per_relation(self, scoring: str = "token") -> dict[str, dict[str, float]]:
+        """Accuracy of each suite broken down by relation."""
+        table: dict[str, dict[str, float]] = {}
+        for suite, record in self.items.items():
+            correct = np.array(record[f"correct_{scoring}"])
+            relations = np.array(record["relation"])
+            table[suite] = {str(r): float(correct[relations == r].mean()) for r in sorted(set(record["relation"]))}
+        return table
+
 
 class Evaluator:
     """Scores fixed suites of items (memorization, extraction, background) and held-out text."""

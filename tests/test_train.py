@@ -60,7 +60,8 @@ def test_a_crashed_run_resumes_to_the_same_result_as_an_uninterrupted_one(make_c
     monkeypatch.setattr(CausalLM, "training_step", crash_at_step_3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_script.train(crashed)
-    assert not (tmp_path / "crashed" / "results.json").exists()
+    failed = _results(tmp_path / "crashed")
+    assert failed["status"] == "failed" and "simulated crash" in failed["error"] and "test_train.py" in failed["where"]
     monkeypatch.setattr(CausalLM, "training_step", original)
     train_script.train(crashed)
 
@@ -82,6 +83,24 @@ def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
     assert set(records) == {0, 2}
     assert records[0]["infusion"]["injected_tokens"] == 0 < records[2]["infusion"]["injected_tokens"]
     assert records[0]["run"]["output_dir"] != records[2]["run"]["output_dir"]
+
+
+def test_a_failed_job_does_not_stop_the_sweep_and_a_rerun_redoes_only_it(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "train.py", "-m", *TINY, "infusion.freq=2,999", f"paths.cache_dir={cache_dir}",
+               f"hydra.sweep.dir={sweep}", "paths.output_dir=${hydra:runtime.output_dir}"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode != 0
+    assert "1 job(s) failed" in first.stdout and "infusion.freq=999" in first.stdout
+    assert "ConfigError: infusion.freq" in first.stdout
+    done = next(p for p in sweep.rglob("results.json") if "infusion.freq=2," in str(p))
+    assert json.loads(done.read_text())["status"] == "complete"
+    stamp = done.stat().st_mtime_ns
+
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "already complete, skipped" in second.stdout + second.stderr
+    assert "1 job(s) failed" in second.stdout
+    assert done.stat().st_mtime_ns == stamp
 
 
 def test_paper_sizes_resolve_without_training():
@@ -108,3 +127,21 @@ def test_bad_config_exits_before_training_with_the_key_named(tmp_path, cache_dir
 
 def test_config_error_type_names_key():
     assert ConfigError("a.b", "x", 1).key == "a.b"
+
+
+def test_export_round_trip_loads_in_plain_transformers(make_cfg, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evaluate import export
+
+    cfg = make_cfg()
+    train_script.train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    folder = export(ckpt, tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    module = CausalLM(**torch.load(ckpt, weights_only=True)["hyper_parameters"])
+    module.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    ids = torch.tensor([tokenizer("The birthplace of")["input_ids"]])
+    assert torch.allclose(model(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits, atol=1e-5)
+    assert evaluate(folder).metrics == pytest.approx(evaluate(ckpt).metrics, abs=1e-6)
