@@ -11,22 +11,10 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
+    "experiment=smoke",
     "logger=none",
     "run_name=test",
     "sweep=test",
-    "world.people=40",
-    "world.docs_per_person=6",
-    "world.heldout_docs=16",
-    "knowledge.num_facts=24",
-    "tokens=16384",
-    "data.seq_len=64",
-    "data.batch_size=8",
-    "data.micro_batch_size=4",
-    "optim.warmup_steps=4",
-    "eval.every_n_steps=0",
-    "eval.background_facts=16",
-    "eval.heldout_sequences=4",
-    "infusion.freq=4",
     "trainer.enable_progress_bar=false",
     "threads=1",
 ]

@@ -93,7 +93,7 @@ def test_a_failed_job_does_not_stop_the_sweep_and_a_rerun_redoes_only_it(tmp_pat
     assert first.returncode != 0
     assert "1 job(s) failed" in first.stdout and "infusion.freq=999" in first.stdout
     assert "ConfigError: infusion.freq" in first.stdout
-    done = next(p for p in sweep.rglob("results.json") if "infusion.freq=2," in str(p))
+    done = sweep / "experiment=smoke,infusion.freq=2" / "results.json"
     assert json.loads(done.read_text())["status"] == "complete"
     stamp = done.stat().st_mtime_ns
 
