@@ -20,7 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,10 +30,22 @@ from kinject.checkpoint import AtomicCheckpointIO
 from kinject.errors import ConfigError
 from kinject.distributed import guard_local_ddp
 from kinject.experiment import Experiment, prepare
-from kinject.model import count_params
+from kinject.model import count_params, flops_per_token
 from kinject.module import CausalLM
 
 log = logging.getLogger("kinject")
+
+
+def build_module(cfg: DictConfig, experiment: Experiment) -> CausalLM:
+    """The LightningModule, with the FLOPs per batch that ThroughputMonitor turns into MFU."""
+    budget = experiment.budget
+    module = CausalLM(model=OmegaConf.to_container(cfg.model, resolve=True), vocab_size=experiment.vocab_size,
+                      **OmegaConf.to_container(cfg.optim, resolve=True), total_steps=budget.steps)
+    if cfg.compile:
+        module.model.compile()
+    module.flops_per_batch = budget.micro_batch_size * budget.seq_len * flops_per_token(
+        experiment.model, experiment.vocab_size, budget.seq_len)
+    return module
 
 
 def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callbacks: list[L.Callback]) -> L.Trainer:
@@ -52,6 +64,8 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callba
         default_root_dir=cfg.paths.output_dir,
         plugins=plugins,
         callbacks=[*callbacks, TokensPerSecond(budget.micro_batch_size * budget.seq_len * budget.world_size),
+                   ThroughputMonitor(batch_size_fn=lambda batch: batch["input_ids"].size(0),
+                                     length_fn=lambda batch: batch["input_ids"].numel()),
                    *progress, *extra],
     )
 
@@ -71,10 +85,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     experiment = prepare(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
 
-    module = CausalLM(model=config["model"], vocab_size=experiment.vocab_size, **config["optim"],
-                      total_steps=experiment.budget.steps)
-    if cfg.compile:
-        module.model.compile()
+    module = build_module(cfg, experiment)
     params_total, params_non_embedding = count_params(module.model)
     budget = experiment.budget
     curve = EvaluationCurve(experiment.evaluator, int(cfg.eval.every_n_steps), budget.batch_size * budget.seq_len)

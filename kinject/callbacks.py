@@ -39,7 +39,7 @@ class EvaluationCurve(L.Callback):
 
 
 class TokensPerSecond(L.Callback):
-    """Training throughput on the progress bar and in the logs."""
+    """Training throughput on the progress bar (ThroughputMonitor logs it, with MFU, to the loggers)."""
 
     def __init__(self, tokens_per_batch: int) -> None:
         self.tokens_per_batch = tokens_per_batch
@@ -54,7 +54,7 @@ class TokensPerSecond(L.Callback):
         self.batches += 1
         elapsed = time.perf_counter() - self.start
         if elapsed > 0:
-            pl_module.log("tokens_per_s", self.batches * self.tokens_per_batch / elapsed, prog_bar=True)
+            pl_module.log("tokens_per_s", self.batches * self.tokens_per_batch / elapsed, prog_bar=True, logger=False)
 
 
 class ConfigInCheckpoint(L.Callback):

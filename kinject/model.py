@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
+from lightning.fabric.utilities.throughput import measure_flops
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from kinject.errors import ConfigError
@@ -64,6 +65,14 @@ def resolve_vocab(spec: ModelSpec, tokenizer_vocab: int) -> int:
 def build(spec: ModelSpec, vocab_size: int, device: str | torch.device = "cpu") -> PreTrainedModel:
     with torch.device(device):
         return AutoModelForCausalLM.from_config(spec.llama_config(vocab_size), attn_implementation="sdpa")
+
+
+def flops_per_token(spec: ModelSpec, vocab_size: int, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) per token, measured on a meta-device copy: costs no memory."""
+    model = build(spec, vocab_size, device="meta")
+    ids = torch.zeros(1, seq_len, dtype=torch.long, device="meta")
+    flops = measure_flops(model, lambda: model(input_ids=ids).logits, lambda logits: logits.sum())
+    return flops / seq_len
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:

@@ -145,3 +145,15 @@ def test_export_round_trip_loads_in_plain_transformers(make_cfg, tmp_path):
     ids = torch.tensor([tokenizer("The birthplace of")["input_ids"]])
     assert torch.allclose(model(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits, atol=1e-5)
     assert evaluate(folder).metrics == pytest.approx(evaluate(ckpt).metrics, abs=1e-6)
+
+
+def test_each_job_gets_its_own_offline_wandb_run_and_finishes_it(make_cfg, tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    for freq in (1, 2):
+        cfg = make_cfg("logger=wandb", f"infusion.freq={freq}", output_dir=tmp_path / f"f{freq}")
+        train_script.train(cfg)
+        assert wandb.run is None
+        assert len(list((tmp_path / f"f{freq}" / "wandb").glob("offline-run-*"))) == 1

@@ -1,0 +1,46 @@
+"""Memorization scorer: all options of a batch of items in one forward pass, against one pass per option.
+
+    python benchmarks/scorer_speed.py [model=small] [knowledge.num_facts=...]
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from _common import config
+from omegaconf import OmegaConf
+
+from kinject.evaluation import option_logprobs
+from kinject.experiment import prepare
+from kinject.module import CausalLM
+
+
+@torch.no_grad()
+def one_pass_per_option(model, encoded) -> None:
+    for ids, start in zip(encoded.ids, encoded.option_start):
+        x = torch.tensor([ids])
+        logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
+        logp[torch.arange(start - 1, len(ids) - 1), x[0, start:]].sum()
+
+
+def main() -> None:
+    cfg = config()
+    experiment = prepare(cfg)
+    model = CausalLM(OmegaConf.to_container(cfg.model, resolve=True), experiment.vocab_size).model.eval()
+    encoded = experiment.evaluator.suites["memorization"]
+    n = len(encoded.items)
+    timings = {}
+    for name, run in (("batched (one pass per batch of items)", lambda: option_logprobs(model, encoded, 64, 0)),
+                      ("one forward pass per option", lambda: one_pass_per_option(model, encoded))):
+        run()
+        start = time.perf_counter()
+        run()
+        timings[name] = time.perf_counter() - start
+        print(f"{name:38s}: {n / timings[name]:8.1f} items/s")
+    batched, naive = timings.values()
+    print(f"speed-up: {naive / batched:.1f}x on {n} items x 4 options, model {cfg.model.name}, {torch.get_num_threads()} threads")
+
+
+if __name__ == "__main__":
+    main()
