@@ -1,0 +1,268 @@
+"""Loaders that turn a sweep's results into one table of runs, whatever the source.
+
+Three sources: the results.json files training runs write (with per-item outcomes, which drive
+the bootstrap), W&B runs (means only) and a plain CSV `model,params,tokens,freq,acc[,seed,n_items]`
+(numbers published elsewhere). `to_groups` then cuts the table into P(F) curves for kinject.law.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kinject.law import Curve, Group
+from kinject.results import FILENAME, SCHEMA
+
+DEFAULT_METRIC = "memorization/acc_token"
+PARAMS = {"non_embedding": "non-embedding parameters", "total": "all parameters, embeddings included"}
+CSV_COLUMNS = ("model", "params", "tokens", "freq", "acc")
+CSV_OPTIONAL = ("seed", "n_items")
+
+
+class TableError(ValueError):
+    """Input that cannot become a table; the message names the file (and line) and what is expected."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model evaluated at one frequency."""
+
+    model: str
+    params: Mapping[str, float]  # "total" and "non_embedding" (runs, W&B) or "given" (CSV)
+    tokens: float
+    freq: float
+    acc: float
+    seed: int | None = None
+    n_items: int | None = None
+    fact_ids: tuple[int, ...] | None = None
+    items: np.ndarray | None = None  # per-item 0/1 outcomes
+    condition: tuple[tuple[str, str], ...] = ()  # infusion settings: format, paraphrase
+    source: str = ""
+
+
+@dataclass
+class Table:
+    runs: list[Run]
+    notes: list[str] = field(default_factory=list)  # runs skipped, and why
+
+
+def _metric_parts(metric: str) -> tuple[str, str]:
+    """'memorization/acc_token' -> ('memorization', 'correct_token'): where its per-item outcomes live."""
+    match = re.fullmatch(r"(\w+)/acc_(\w+)", metric)
+    if not match:
+        raise TableError(f"--metric {metric!r}: expected an accuracy 'SUITE/acc_SCORE', e.g. {DEFAULT_METRIC}")
+    return match[1], f"correct_{match[2]}"
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> Any:
+    """A nested config value by dotted key; a flat dotted key also works (older W&B logging)."""
+    if key in config:
+        return config[key]
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _condition(format_: Any, paraphrase: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((k, str(v)) for k, v in (("format", format_), ("paraphrase", paraphrase)) if v is not None)
+
+
+def _from_results(path: Path, payload: dict[str, Any], metric: str) -> Run | str:
+    """A Run, or the reason to skip the file."""
+    if payload.get("status") != "complete":
+        return f"{path}: status {payload.get('status')!r}, not complete"
+    value = payload["metrics"].get(metric)
+    if value is None or not np.isfinite(value):
+        return f"{path}: no value for {metric}"
+    suite, column = _metric_parts(metric)
+    outcomes = payload.get("items", {}).get(suite, {})
+    items = np.asarray(outcomes[column], float) if outcomes.get(column) else None
+    infusion, model = payload["infusion"], payload["model"]
+    return Run(
+        model=model["name"],
+        params={k: float(model[f"params_{k}"]) for k in PARAMS if model.get(f"params_{k}") is not None},
+        tokens=float(payload["budget"]["tokens"]), freq=float(infusion["freq"]), acc=float(value),
+        seed=payload["run"].get("seed"), n_items=None if items is None else items.size,
+        fact_ids=tuple(outcomes["fact_id"]) if items is not None and "fact_id" in outcomes else None,
+        items=items, condition=_condition(infusion.get("format"), infusion.get("paraphrase")),
+        source=str(path))
+
+
+def load_runs(dirs: Iterable[str | Path], metric: str = DEFAULT_METRIC) -> Table:
+    """Every results.json under the given folders (Hydra multirun folders, or single runs)."""
+    _metric_parts(metric)
+    table = Table([])
+    for folder in map(Path, dirs):
+        if not folder.is_dir():
+            raise TableError(f"{folder}: not a folder of runs")
+        paths = sorted(folder.rglob(FILENAME))
+        if not paths:
+            raise TableError(f"{folder}: no {FILENAME} found under it")
+        for path in paths:
+            try:
+                payload = json.loads(path.read_text())
+            except (OSError, ValueError) as error:
+                table.notes.append(f"{path}: unreadable ({error})")
+                continue
+            if payload.get("schema") != SCHEMA:
+                table.notes.append(f"{path}: schema {payload.get('schema')!r}, expected {SCHEMA}")
+                continue
+            try:
+                run = _from_results(path, payload, metric)
+            except (KeyError, TypeError, ValueError) as error:
+                run = f"{path}: malformed ({type(error).__name__}: {error})"
+            if isinstance(run, Run):
+                table.runs.append(run)
+            else:
+                table.notes.append(run)
+    return table
+
+
+def load_wandb(path: str, metric: str = DEFAULT_METRIC, group: str | None = None, tag: str | None = None,
+               api: Any = None) -> Table:
+    """Finished runs of a W&B project (means only: W&B holds no per-item outcomes). `api` is a
+    wandb.Api or anything with the same .runs(path, filters=...), so tests need no network."""
+    suite, _ = _metric_parts(metric)
+    filters: dict[str, Any] = {}
+    if group:
+        filters["group"] = group
+    if tag:
+        filters["tags"] = {"$in": [tag]}
+    try:
+        if api is None:
+            import wandb
+
+            api = wandb.Api()
+        runs = list(api.runs(path, filters=filters))
+    except Exception as error:  # auth, network, a bad path: W&B raises many types, all mean "cannot read"
+        raise TableError(f"wandb:{path}: cannot read runs ({type(error).__name__}: {error})") from None
+    table = Table([])
+    for run in runs:
+        where = f"wandb:{path}/{run.name}"
+        if run.state != "finished":
+            table.notes.append(f"{where}: state {run.state!r}, not finished")
+            continue
+        config, summary = run.config, run.summary
+        derived = _lookup(config, "derived") or {}
+        needed = {metric: summary.get(metric), "model.name": _lookup(config, "model.name"),
+                  "infusion.freq": _lookup(config, "infusion.freq"), "derived.tokens": derived.get("tokens")}
+        missing = [k for k, v in needed.items() if v is None]
+        if missing:
+            table.notes.append(f"{where}: no {', '.join(missing)}")
+            continue
+        n_items = summary.get(f"{suite}/n_items")
+        table.runs.append(Run(
+            model=str(needed["model.name"]),
+            params={k: float(derived[f"params_{k}"]) for k in PARAMS if derived.get(f"params_{k}") is not None},
+            tokens=float(needed["derived.tokens"]), freq=float(needed["infusion.freq"]), acc=float(needed[metric]),
+            seed=_lookup(config, "seed"), n_items=None if n_items is None else int(n_items),
+            condition=_condition(_lookup(config, "infusion.format"), _lookup(config, "infusion.paraphrase")),
+            source=where))
+    if not table.runs and not table.notes:
+        raise TableError(f"wandb:{path}: no runs match filters {filters or '(none)'}")
+    return table
+
+
+def _number(path: Path, line: int, column: str, text: str | None, integer: bool = False) -> float | int:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise TableError(f"{path}, line {line}: column {column!r} must be a number, got {text!r}") from None
+    return int(value) if integer else value
+
+
+def load_csv(path: str | Path) -> Table:
+    """Rows `model,params,tokens,freq,acc` (+ optional `seed`, `n_items`); params is N as given."""
+    path = Path(path)
+    try:
+        reader = csv.DictReader(path.read_text().splitlines())
+    except (OSError, UnicodeDecodeError) as error:
+        raise TableError(f"{path}: cannot read as text ({error})") from None
+    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise TableError(f"{path}, line 1: missing column(s) {', '.join(missing)}; expected header "
+                         f"{','.join(CSV_COLUMNS)} (optional: {','.join(CSV_OPTIONAL)})")
+    runs = []
+    for row in reader:
+        line = reader.line_num
+        values = {c: _number(path, line, c, row[c]) for c in CSV_COLUMNS[1:]}
+        optional = {c: _number(path, line, c, row[c], integer=True)
+                    for c in CSV_OPTIONAL if row.get(c) not in (None, "")}
+        if not 0 <= values["acc"] <= 1 or values["freq"] < 0 or values["params"] <= 0 or values["tokens"] <= 0:
+            raise TableError(f"{path}, line {line}: expected 0 <= acc <= 1, freq >= 0, params > 0 and "
+                             f"tokens > 0, got {values}")
+        if not row["model"]:
+            raise TableError(f"{path}, line {line}: empty model name")
+        runs.append(Run(row["model"], {"given": values["params"]}, values["tokens"], values["freq"],
+                        values["acc"], source=f"{path}:{line}", **optional))
+    if not runs:
+        raise TableError(f"{path}: header but no rows")
+    return Table(runs)
+
+
+def merge(tables: Iterable[Table]) -> Table:
+    tables = list(tables)
+    return Table([r for t in tables for r in t.runs], [n for t in tables for n in t.notes])
+
+
+def params_definition(table: Table, kind: str) -> str:
+    """What N means in this table, for the report: the choice, and CSV counts taken as given."""
+    text = f"N = {PARAMS[kind]} ({kind})"
+    if any("given" in r.params for r in table.runs):
+        text += "; CSV rows: N as given in column params"
+    return text
+
+
+def _label(model: str, tokens: float, condition: tuple[tuple[str, str], ...], varying: set[str]) -> str:
+    parts = [model] + ([f"D={tokens:.3g}"] if "tokens" in varying else [])
+    return " ".join(parts + [f"{k}={v}" for k, v in condition if k in varying])
+
+
+def to_groups(table: Table, params: str = "non_embedding") -> list[Group]:
+    """One P(F) curve per (model, D, format, paraphrase); seeds are replicates. Only the settings
+    that vary across the table appear in labels and conditions (one law is fitted per condition)."""
+    if not table.runs:
+        raise TableError("no usable runs" + (": " + "; ".join(table.notes[:5]) if table.notes else ""))
+    settings = defaultdict(set)
+    for run in table.runs:
+        settings["tokens"].add(run.tokens)
+        for key, value in run.condition:
+            settings[key].add(value)
+    varying = {k for k, v in settings.items() if len(v) > 1}
+    buckets: dict[tuple, list[Run]] = defaultdict(list)
+    for run in table.runs:
+        condition = tuple((k, v) for k, v in run.condition if k in varying)
+        buckets[(run.model, run.tokens, condition)].append(run)
+    return [_group(model, tokens, condition, runs, params, varying)
+            for (model, tokens, condition), runs in sorted(buckets.items())]
+
+
+def _group(model: str, tokens: float, condition: tuple[tuple[str, str], ...], runs: list[Run],
+           params: str, varying: set[str]) -> Group:
+    counts = {r.params.get(params, r.params.get("given")) for r in runs}
+    if None in counts:
+        bad = next(r for r in runs if r.params.get(params, r.params.get("given")) is None)
+        raise TableError(f"{bad.source}: no {params} parameter count (try --params "
+                         f"{'total' if params == 'non_embedding' else 'non_embedding'})")
+    if len(counts) > 1:
+        raise TableError(f"model {model!r}: runs disagree on its parameter count ({sorted(counts)})")
+    runs = sorted(runs, key=lambda r: (r.freq, r.seed is None, r.seed or 0))
+    blocks: dict[tuple, list[int]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        if run.items is not None:
+            blocks[(run.seed, run.fact_ids or (run.source,))].append(i)
+    paired = tuple((np.array(idx), np.stack([runs[i].items for i in idx])) for idx in blocks.values())
+    curve = Curve(np.array([r.freq for r in runs]), np.array([r.acc for r in runs]),
+                  np.array([np.nan if r.n_items is None else r.n_items for r in runs], float), paired)
+    return Group(_label(model, tokens, condition, varying), model, counts.pop(), tokens, condition, curve)

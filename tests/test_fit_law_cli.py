@@ -1,0 +1,243 @@
+"""fit_law.py end to end, in-process: results.json trees, a CSV and recorded W&B runs in, a JSON
+report and figures out; unusable input gives exit code 2 and one clear line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fit_law
+from kinject.results_table import load_csv, load_runs, load_wandb, to_groups
+
+MODELS = {"tiny": 1e5, "small": 4e5, "base": 1.6e6, "large": 6.4e6}  # non-embedding N
+TOKENS = 1e6
+FREQS = (0, 2, 4, 8, 16, 32, 64, 128)
+FACTS = 120
+
+
+def f_star_of(params: float) -> float:
+    """A law F* = A / C^alpha + E for the fixtures to fall on."""
+    return 54 * (6 * params * TOKENS / 6e11) ** -0.5 + 6
+
+
+def accuracy(params: float, freq: float) -> float:
+    b = 0.9
+    c = b / f_star_of(params)
+    return 0.25 if freq == 0 else 0.92 * (freq * c / b) ** b * np.exp(b - c * freq)
+
+
+def write_run(root: Path, model: str, freq: float, seed: int, rng: np.random.Generator,
+              status: str = "complete") -> Path:
+    params = MODELS[model]
+    outcomes = (rng.random(FACTS) < accuracy(params, freq)).astype(int).tolist()
+    run_dir = root / f"{model}_f{freq}_s{seed}"
+    payload = {
+        "schema": "kinject.results/1", "status": status,
+        "run": {"name": f"infusion.freq={freq}", "sweep": "test", "seed": seed, "output_dir": str(run_dir)},
+        "model": {"name": model, "params_total": params * 3, "params_non_embedding": params},
+        "budget": {"tokens": TOKENS, "seq_len": 128, "batch_size": 16, "steps": 488},
+        "infusion": {"freq": freq, "format": "statement", "paraphrase": "duplicate", "num_facts": FACTS},
+        "metrics": {"memorization/acc_token": float(np.mean(outcomes)),
+                    "memorization/acc_sum": float(np.mean(outcomes[::-1]))},
+        "items": {"memorization": {"fact_id": list(range(FACTS)), "correct_token": outcomes,
+                                   "correct_sum": outcomes[::-1]}},
+        "curve": [], "config": {},
+    }
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(payload))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "multirun" / "ladder"
+    for model in MODELS:
+        for freq in FREQS:
+            write_run(root, model, freq, 0, rng)
+    write_run(root, "tiny", 16, 1, rng)
+    write_run(root, "tiny", 256, 0, rng, status="running")
+    (root / "broken").mkdir()
+    (root / "broken" / "results.json").write_text("{not json")
+    return tmp_path / "multirun"
+
+
+def run_cli(*argv: str) -> int:
+    return fit_law.main([*argv, "--bootstrap", "200"])
+
+
+def test_runs_tree_gives_report_and_plots(sweep: Path, tmp_path: Path, capsys) -> None:
+    out, plots = tmp_path / "report.json", tmp_path / "figures"
+    assert run_cli(str(sweep), "--out", str(out), "--plots", str(plots), "--predict", "1e8:1e6") == 0
+    report = json.loads(out.read_text())
+    assert report["schema"] == "kinject.fit_law/1" and report["params"] == "non_embedding"
+    assert "non-embedding" in report["params_definition"]
+    assert any("running" in n for n in report["notes"]) and any("broken" in n for n in report["notes"])
+    assert [m["group"] for m in report["models"]] == sorted(MODELS)
+    for model in report["models"]:
+        assert {"a", "b", "c", "f_star", "f_star_ci", "collapse_f", "r2", "floored"} <= model.keys()
+        assert model["status"] == "ok" and model["freqs"][0] == 0 and model["baseline_acc"] is not None
+        lo, hi = model["f_star_ci"]
+        assert model["collapse_f"] > model["f_star"] and (lo is None or lo < model["f_star"])
+    tiny = next(m for m in report["models"] if m["model"] == "tiny")
+    assert tiny["n_runs"] == len(FREQS) + 1
+    (law,) = report["laws"]
+    assert law["status"] == "ok" and law["n_points"] == len(MODELS)
+    assert {"A", "alpha", "E", "r2", "A_ci", "alpha_ci", "E_ci", "power_law", "aicc", "varpro"} <= law.keys()
+    assert law["alpha"] > 0 and law["r2"] > 0.8
+    (prediction,) = law["predictions"]
+    assert prediction["params"] == 1e8 and prediction["f_star"] > 0
+    held_out = law["validation"]["leave_largest_out"]["holdouts"]
+    assert [h["group"] for h in held_out] == ["large"]
+    assert (plots / "pf_fits.png").read_bytes()[:4] == b"\x89PNG"
+    assert (plots / "law.png").read_bytes()[:4] == b"\x89PNG"
+    text = capsys.readouterr().out
+    assert "leave largest out" in text and "large" in text and "F*(C) = A / C^alpha + E" in text
+
+
+def test_metric_and_params_switch(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    assert run_cli(str(sweep), "--metric", "memorization/acc_sum", "--params", "total", "--out", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert report["metric"] == "memorization/acc_sum" and "all parameters" in report["params_definition"]
+    assert {m["params"] for m in report["models"]} == {3 * n for n in MODELS.values()}
+
+
+def test_csv_source(tmp_path: Path) -> None:
+    rows = ["model,params,tokens,freq,acc,n_items"] + [
+        f"{m},{n:g},{TOKENS:g},{f},{accuracy(n, f):.4f},200" for m, n in MODELS.items() for f in FREQS]
+    path = tmp_path / "published.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "report.json"
+    assert run_cli("--csv", str(path), "--out", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert "as given" in report["params_definition"]
+    alpha = report["laws"][0]["alpha"]
+    assert abs(alpha - 0.5) < 0.1, alpha
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("model,params,tokens,freq\n", "line 1: missing column(s) acc"),
+    ("model,params,tokens,freq,acc\na,1e6,1e6,1,0.3\na,1e6,1e6,2,0.4\na,1e6,1e6,4,high\n",
+     "line 4: column 'acc' must be a number, got 'high'"),
+    ("model,params,tokens,freq,acc\na,1e6,1e6,1,1.3\n", "line 2: expected 0 <= acc <= 1"),
+])
+def test_bad_csv_names_file_and_line(tmp_path: Path, capsys, content: str, expected: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    assert run_cli("--csv", str(path)) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unusable_input_exits_2(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    for freq in (4, 16):
+        write_run(tmp_path / "two", "tiny", freq, 0, rng)
+    assert run_cli(str(tmp_path / "two")) == 2
+    assert "needs at least 3 distinct frequencies F > 0, got 2" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert run_cli(str(tmp_path / "empty")) == 2
+    assert "no results.json" in capsys.readouterr().err
+    assert run_cli(str(tmp_path / "two"), "--metric", "heldout/loss") == 2
+    assert "expected an accuracy" in capsys.readouterr().err
+
+
+def test_single_model_reports_no_law(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(1)
+    for freq in FREQS:
+        write_run(tmp_path / "one", "tiny", freq, 0, rng)
+    out = tmp_path / "report.json"
+    assert run_cli(str(tmp_path / "one"), "--out", str(out), "--predict", "1e9:1e9") == 0
+    (law,) = json.loads(out.read_text())["laws"]
+    assert law["status"] == "not fitted" and "3 or more distinct C" in law["message"] and "A" not in law
+    assert "not fitted: the cross-size law needs" in capsys.readouterr().out
+
+
+class FakeRun:
+    def __init__(self, name: str, model: str, freq: float, acc: float | None, state: str = "finished") -> None:
+        params = MODELS[model]
+        self.name, self.state, self.group, self.tags = name, state, "ladder", ["v1"]
+        self.config = {"model": {"name": model}, "infusion": {"freq": freq, "format": "statement"}, "seed": 0,
+                       "derived": {"params_total": 3 * params, "params_non_embedding": params, "tokens": TOKENS}}
+        self.summary = {} if acc is None else {"memorization/acc_token": acc, "memorization/n_items": 300}
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def runs(self, path: str, filters: dict) -> list[FakeRun]:
+        self.calls.append((path, filters))
+        runs = [FakeRun(f"{m}-{f}", m, f, accuracy(n, f)) for m, n in MODELS.items() for f in FREQS]
+        return runs + [FakeRun("crashed", "tiny", 8, 0.5, state="crashed"), FakeRun("partial", "tiny", 8, None)]
+
+
+def test_wandb_loader_maps_runs_and_filters() -> None:
+    api = FakeApi()
+    table = load_wandb("me/kinject", group="ladder", tag="v1", api=api)
+    assert api.calls == [("me/kinject", {"group": "ladder", "tags": {"$in": ["v1"]}})]
+    assert len(table.runs) == len(MODELS) * len(FREQS)
+    run = table.runs[0]
+    assert run.n_items == 300 and run.items is None and run.params["non_embedding"] == MODELS[run.model]
+    assert any("crashed" in n for n in table.notes) and any("no memorization/acc_token" in n for n in table.notes)
+
+
+def test_wandb_cli_reads_and_logs(tmp_path: Path, monkeypatch) -> None:
+    logged: dict = {}
+
+    class FakeWandbRun:
+        summary: dict = {}
+
+        def log(self, data: dict) -> None:
+            logged.update(data)
+
+        def finish(self) -> None:
+            logged["finished"] = True
+
+    fake = types.SimpleNamespace(
+        Api=FakeApi, Table=lambda columns, data: ("table", columns, data), Image=lambda path: ("image", path),
+        init=lambda **kwargs: logged.update(init=kwargs) or FakeWandbRun())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    plots = tmp_path / "figures"
+    assert run_cli("--wandb", "me/kinject", "--tag", "v1", "--plots", str(plots), "--wandb-log") == 0
+    assert logged["init"]["project"] == "kinject" and logged["init"]["entity"] == "me"
+    assert logged["fit_law/pf_fits"] == ("image", str(plots / "pf_fits.png"))
+    assert len(logged["fit_law/models"][2]) == len(MODELS) and logged["finished"]
+    assert FakeWandbRun.summary["fit_law/all/n_points"] == len(MODELS)
+    assert FakeWandbRun.summary["fit_law/report"]["schema"] == "kinject.fit_law/1"
+
+
+def test_csv_loader_reads_optional_columns(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text("model,params,tokens,freq,acc,seed,n_items\na,1e6,2e6,4,0.5,1,80\na,1e6,2e6,8,0.6,,\n")
+    first, second = load_csv(path).runs
+    assert (first.seed, first.n_items, first.params) == (1, 80, {"given": 1e6})
+    assert (second.seed, second.n_items) == (None, None)
+
+
+def test_groups_key_on_what_varies(tmp_path: Path) -> None:
+    """Tokens and infusion settings enter the group key only when they vary; seeds are replicates
+    whose per-item outcomes are paired by fact within a seed."""
+    rng = np.random.default_rng(2)
+    for seed in (0, 1):
+        for freq in (4, 16, 64):
+            write_run(tmp_path / "sweep", "tiny", freq, seed, rng)
+    payload_path = write_run(tmp_path / "sweep", "tiny", 8, 0, rng) / "results.json"
+    payload = json.loads(payload_path.read_text())
+    payload["budget"]["tokens"] = 2 * TOKENS
+    payload["infusion"]["format"] = "qa"
+    payload_path.write_text(json.dumps(payload))
+    groups = to_groups(load_runs([tmp_path / "sweep"]))
+    assert [g.label for g in groups] == ["tiny D=1e+06 format=statement", "tiny D=2e+06 format=qa"]
+    assert groups[0].condition == (("format", "statement"),) and groups[0].tokens == TOKENS
+    curve = groups[0].curve
+    assert curve.freq.tolist() == [4, 4, 16, 16, 64, 64]
+    assert sorted(len(runs) for runs, _ in curve.paired) == [3, 3]
+    assert all(outcomes.shape == (3, FACTS) for _, outcomes in curve.paired)
