@@ -39,6 +39,7 @@ class FailureReport(Callback):
         self.failures.append(line)
 
     def _report(self) -> None:
-        print(f"\n{len(self.failures)} job(s) failed (re-run the same command to redo only these):")
+        print(f"\n{len(self.failures)} job(s) failed (a grid re-run redoes only these; an Optuna study "
+              "keeps them as failed trials):")
         for line in self.failures:
             print(f"  - {line}")
