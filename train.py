@@ -32,6 +32,7 @@ from kinject.distributed import guard_local_ddp
 from kinject.experiment import Experiment, prepare
 from kinject.model import count_params, flops_per_token
 from kinject.module import CausalLM
+from kinject.tracking import make_loggers
 
 log = logging.getLogger("kinject")
 
@@ -90,7 +91,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     budget = experiment.budget
     curve = EvaluationCurve(experiment.evaluator, int(cfg.eval.every_n_steps), budget.batch_size * budget.seq_len)
     checkpoints = output_dir / "checkpoints"
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    loggers = make_loggers(cfg)
     trainer = build_trainer(cfg, experiment, loggers, [
         curve,
         ConfigInCheckpoint(config),
@@ -114,10 +115,11 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         last = checkpoints / "last.ckpt"
         trainer.fit(module, datamodule=experiment.datamodule, ckpt_path=str(last) if cfg.resume and last.exists() else None)
         trainer.save_checkpoint(last, weights_only=False)
+        filtered = experiment.datamodule.filter_stats().as_dict()
         evaluation = experiment.evaluator(module.model)
         metrics = {**evaluation.metrics, "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
-        record.update(status="complete", metrics=metrics, per_relation=evaluation.per_relation(), curve=curve.curve,
-                      items=evaluation.items)
+        record.update(status="complete", metrics=metrics, per_relation=evaluation.per_relation(), filter=filtered,
+                      curve=curve.curve, items=evaluation.items)
         record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
         if trainer.is_global_zero:
             _log_final(loggers, evaluation, trainer.global_step)

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kinject import tokenizer as tokenizers
-from kinject.data import BackgroundStream, InfusedSequences, InfusionDataModule, encode_documents
+from kinject import wikidata
+from kinject.corpus import Corpus, LaneStream, expand, hub_files
+from kinject.data import Background, BackgroundStream, InfusedSequences, InfusionDataModule, encode_documents
 from kinject.errors import ConfigError
 from kinject.evaluation import Evaluator
+from kinject.filtering import FilterStats, MentionFilter
 from kinject.infusion import InfusionConfig, extraction_prompt, memorization_prompt, plan
 from kinject.knowledge import KnowledgeSet, multiple_choice
 from kinject.model import ModelSpec, resolve_vocab
 from kinject.world import World, WorldConfig
+
+log = logging.getLogger("kinject")
+DATA_SOURCES = ("synthetic", "local", "fineweb_edu")
 
 
 @dataclass
@@ -105,8 +113,12 @@ def _knowledge(cfg: DictConfig, world: World | None) -> KnowledgeSet:
     num_facts = k.num_facts
     if isinstance(num_facts, bool) or not isinstance(num_facts, int) or num_facts < 1:
         raise ConfigError("knowledge.num_facts", "a positive number of facts (the knowledge set is empty)", num_facts)
+    if k.source == "wikidata":
+        include = list(k.include) if k.include is not None else None
+        relations = OmegaConf.to_container(k.relations, resolve=True)
+        return wikidata.load(k.files, relations, include, num_facts, int(k.seed))
     if k.source != "synthetic":
-        raise ConfigError("knowledge.source", "'synthetic'", k.source)
+        raise ConfigError("knowledge.source", "'synthetic' or 'wikidata'", k.source)
     assert world is not None
     include = list(k.include) if k.include is not None else list(world.relations)
     unknown = sorted(set(include) - set(world.relations))
@@ -115,26 +127,69 @@ def _knowledge(cfg: DictConfig, world: World | None) -> KnowledgeSet:
     return world.knowledge(world.fresh_facts(num_facts, int(k.seed), include))
 
 
+def _synthetic_background(cfg: DictConfig, world: World, mentions: MentionFilter,
+                          seq_len: int) -> tuple[Any, Background, list[str]]:
+    """The embedded world's documents, tokenized once (the filter has nothing to drop there)."""
+    documents, heldout = world.documents()
+    tokenizer = tokenizers.build(cfg.data.tokenizer, documents, cfg.paths.cache_dir)
+    encoded = encode_documents(tokenizer, documents)
+    dropped = [mentions.mentions(d) for d in documents]
+    kept = [doc for doc, drop in zip(encoded, dropped) if not drop]
+    stats = FilterStats(len(documents), sum(map(len, kept)), sum(dropped),
+                        sum(len(doc) for doc, drop in zip(encoded, dropped) if drop))
+    log.info("filter (%s) dropped %d of %d background documents (%d tokens)", mentions.mode,
+             stats.dropped_documents, stats.documents, stats.dropped_tokens)
+    background = BackgroundStream(kept, seed=int(cfg.seed), seq_len=seq_len, filtered=stats)
+    return tokenizer, background, [d for d in heldout if not mentions.mentions(d)]
+
+
+def _streamed_background(cfg: DictConfig, mentions: MentionFilter,
+                         budget: Budget) -> tuple[Any, Background, Iterator[str]]:
+    """FineWeb-Edu or local files as lanes; the last `heldout_units` units (in file order) are held out."""
+    data = cfg.data
+    files = expand(data.files) if data.source == "local" else hub_files(data.repo, data.name)
+    corpus = Corpus(files, data.text_column, _positive_int(data.block_bytes, "data.block_bytes"))
+    held = data.heldout_units
+    if not isinstance(held, int) or not 0 <= held < len(corpus.units):
+        raise ConfigError("data.heldout_units", f"0 to {len(corpus.units) - 1}: the corpus has {len(corpus.units)} "
+                          "units (parquet row groups or byte blocks)", held)
+    train, heldout = corpus.units[: len(corpus.units) - held], corpus.units[len(corpus.units) - held :]
+    train_docs = _positive_int(data.tokenizer.train_docs, "data.tokenizer.train_docs")
+    sample = itertools.islice(corpus.texts(train), train_docs)
+    tokenizer = tokenizers.build(data.tokenizer, sample, cfg.paths.cache_dir)
+    groups = _positive_int(data.lane_groups, "data.lane_groups")
+    workers = int(data.num_workers)
+    if workers > 1 and (groups * budget.accumulation) % workers:
+        raise ConfigError("data.num_workers", f"a divisor of data.lane_groups x gradient accumulation "
+                          f"({groups} x {budget.accumulation}), so that each lane is read by one worker", workers)
+    lanes = LaneStream(corpus, train, tokenizer, mentions, budget.seq_len, budget.batch_size, groups, int(cfg.seed))
+    return tokenizer, lanes, (text for text in corpus.texts(heldout) if not mentions.mentions(text))
+
+
 def prepare(cfg: DictConfig) -> Experiment:
     """Builds world, corpus, tokenizer, knowledge, schedule, data module and evaluator from config."""
     budget = budget_of(cfg)
     infusion = InfusionConfig.from_config(cfg.infusion)
     spec = ModelSpec.from_config(cfg.model)
-    if cfg.data.source != "synthetic":
-        raise ConfigError("data.source", "'synthetic'", cfg.data.source)
-    world = World(WorldConfig.from_config(OmegaConf.to_container(cfg.world, resolve=True)))
+    source = cfg.data.source
+    if source not in DATA_SOURCES:
+        raise ConfigError("data.source", f"one of {DATA_SOURCES}", source)
+    synthetic = "synthetic" in (source, cfg.knowledge.source)
+    world = World(WorldConfig.from_config(OmegaConf.to_container(cfg.world, resolve=True))) if synthetic else None
     knowledge = _knowledge(cfg, world)
-    documents, heldout_documents = world.documents()
-
-    tokenizer = tokenizers.build(cfg.data.tokenizer, documents, cfg.paths.cache_dir)
+    mentions = MentionFilter(knowledge.facts, cfg.data.filter)
+    if source == "synthetic":
+        assert world is not None
+        tokenizer, background, heldout_documents = _synthetic_background(cfg, world, mentions, budget.seq_len)
+    else:
+        tokenizer, background, heldout_documents = _streamed_background(cfg, mentions, budget)
     vocab_size = resolve_vocab(spec, len(tokenizer))
-    background = BackgroundStream(encode_documents(tokenizer, documents), seed=int(cfg.seed))
 
     schedule = plan(len(knowledge.facts), infusion.freq, budget.sequences, infusion.seed)
     dataset = InfusedSequences(background, schedule, knowledge, infusion, tokenizer, budget.seq_len)
     _check_fits(dataset, budget, infusion, cfg.infusion.max_share)
 
-    evaluator = Evaluator(tokenizer, _suites(cfg, world, knowledge, infusion),
+    evaluator = Evaluator(tokenizer, _suites(cfg, world if source == "synthetic" else None, knowledge, infusion),
                           _heldout(tokenizer, heldout_documents, budget.seq_len, cfg.eval.heldout_sequences),
                           batch_items=_positive_int(cfg.eval.batch_items, "eval.batch_items"))
     datamodule = InfusionDataModule(dataset, budget.batch_size, budget.micro_batch_size, int(cfg.data.num_workers))
@@ -163,7 +218,8 @@ def _check_fits(dataset: InfusedSequences, budget: Budget, infusion: InfusionCon
             )
 
 
-def _suites(cfg: DictConfig, world: World, knowledge: KnowledgeSet, infusion: InfusionConfig) -> dict[str, list]:
+def _suites(cfg: DictConfig, world: World | None, knowledge: KnowledgeSet, infusion: InfusionConfig) -> dict[str, list]:
+    """Memorization, extraction (held-out templates) and, when the background is the world, its own facts."""
     seed = int(cfg.knowledge.seed)
     facts = knowledge.facts
     suites = {"memorization": multiple_choice(knowledge, [memorization_prompt(knowledge, f, infusion) for f in facts], seed)}
@@ -171,7 +227,7 @@ def _suites(cfg: DictConfig, world: World, knowledge: KnowledgeSet, infusion: In
     if all(p is not None for p in heldout):
         suites["extraction"] = multiple_choice(knowledge, heldout, seed)
     count = int(cfg.eval.background_facts)
-    if count > 0:
+    if count > 0 and world is not None:
         background = world.background_knowledge()
         pick = np.random.default_rng([int(cfg.eval.seed), 3]).choice(len(background.facts), min(count, len(background.facts)), replace=False)
         chosen = [background.facts[i] for i in sorted(pick)]
@@ -180,9 +236,18 @@ def _suites(cfg: DictConfig, world: World, knowledge: KnowledgeSet, infusion: In
     return suites
 
 
-def _heldout(tokenizer, documents: list[str], seq_len: int, count: int) -> torch.Tensor:
-    if count <= 0 or not documents:
+def _heldout(tokenizer, documents: Iterable[str], seq_len: int, count: int) -> torch.Tensor:
+    """The first `count` sequences of held-out text, reading no more of it than that takes."""
+    if count <= 0:
         return torch.zeros(0, seq_len, dtype=torch.long)
-    stream = np.concatenate(encode_documents(tokenizer, documents))
-    usable = min(count, len(stream) // seq_len)
+    texts = iter(documents)
+    parts: list[np.ndarray] = []
+    have = 0
+    while have < count * seq_len and (batch := list(itertools.islice(texts, 256))):
+        parts.extend(encode_documents(tokenizer, batch))
+        have = sum(map(len, parts))
+    usable = min(count, have // seq_len)
+    if usable == 0:
+        return torch.zeros(0, seq_len, dtype=torch.long)
+    stream = np.concatenate(parts)
     return torch.from_numpy(stream[: usable * seq_len].astype(np.int64)).view(usable, seq_len)

@@ -33,8 +33,23 @@ class CausalLM(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         ids = batch["input_ids"]
         loss = self.model(input_ids=ids, labels=ids).loss
+        if not torch.isfinite(loss):
+            self._diverged(f"training loss is {loss.item()}")
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse a non-finite update, so that no checkpoint ever holds NaN weights."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.abs().max() for g in grads])).all():
+            self._diverged("a gradient is not finite")
+
+    def _diverged(self, what: str) -> None:
+        raise FloatingPointError(
+            f"{what} at step {self.global_step}: lower optim.lr (now {self.hparams.lr}), raise "
+            f"optim.warmup_steps, or keep gradient clipping on (trainer.gradient_clip_val); the last good "
+            f"checkpoint is kept"
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

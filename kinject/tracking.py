@@ -1,0 +1,50 @@
+"""Loggers from config, with W&B online checked before training: no key or no route falls back to
+offline at once (online with a key but no network would otherwise hang for 90 s or more)."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("kinject")
+
+
+def wandb_unreachable(timeout: float = 3.0) -> str | None:
+    """Why W&B cannot be used online from here, or None when it can. Reads the key where `wandb login`
+    puts it rather than calling wandb.login, which would leave the process's session online."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if not os.environ.get("WANDB_API_KEY") and not _netrc_has(url.hostname or ""):
+        return "no API key (run `wandb login` or set WANDB_API_KEY)"
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{url.hostname}:{port} unreachable ({error.__class__.__name__})"
+    return None
+
+
+def _netrc_has(host: str) -> bool:
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def make_loggers(cfg: DictConfig) -> list[Any]:
+    loggers = []
+    for spec in (cfg.logger or {}).values():
+        if str(spec._target_).endswith("WandbLogger") and not spec.get("offline", False):
+            reason = wandb_unreachable()
+            if reason:
+                log.warning("W&B online is not possible: %s. Logging offline under %s; upload later with "
+                            "`wandb sync <dir>/wandb/offline-run-*`.", reason, spec.save_dir)
+                spec = OmegaConf.merge(spec, {"offline": True})
+        loggers.append(instantiate(spec))
+    return loggers

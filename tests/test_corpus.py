@@ -1,0 +1,203 @@
+"""The streamed background: units, lanes, packing, and bad input, on tiny FineWeb-Edu-shaped files."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kinject.corpus import Corpus, LaneStream
+from kinject.errors import ConfigError
+from kinject.experiment import prepare
+from kinject.show_batch import show
+
+WORDS = ("the of and river mountain school teacher science history water energy light cell plant animal "
+         "city people music art learn study because climate ocean island forest").split()
+ROWS_PER_GROUP = 10
+ROW_GROUPS = (3, 4, 2)  # 14 files do not divide a world size of 4 either: units are row groups
+
+
+def documents(count: int, start: int = 0, seed: int = 0) -> list[str]:
+    """Texts in FineWeb-Edu's spirit, each starting with a marker `docNNNN` that identifies it."""
+    rng = np.random.default_rng([seed, start])
+    return [f"doc{start + i:04d} " + " ".join(rng.choice(WORDS, rng.integers(15, 90))) + "." for i in range(count)]
+
+
+def write_parquet(path: Path, texts: list[str], row_group_size: int = ROWS_PER_GROUP) -> None:
+    """A parquet file with FineWeb-Edu's columns."""
+    n = len(texts)
+    table = pa.table({
+        "text": texts,
+        "id": [f"<urn:uuid:{i}>" for i in range(n)],
+        "dump": ["CC-MAIN-2024-10"] * n,
+        "url": [f"https://example.org/{i}" for i in range(n)],
+        "file_path": ["s3://commoncrawl/x.warc.gz"] * n,
+        "language": ["en"] * n,
+        "language_score": [0.97] * n,
+        "token_count": [len(t.split()) for t in texts],
+        "score": [3.1] * n,
+        "int_score": [3] * n,
+    })
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": t, "id": str(i)}) + "\n" for i, t in enumerate(texts)))
+
+
+@pytest.fixture
+def fineweb(tmp_path: Path) -> tuple[str, list[str]]:
+    """Three parquet files of 3, 4 and 2 row groups; the glob and every text in file order."""
+    folder = tmp_path / "fineweb"
+    folder.mkdir()
+    texts: list[str] = []
+    for number, groups in enumerate(ROW_GROUPS):
+        part = documents(groups * ROWS_PER_GROUP, start=len(texts))
+        write_parquet(folder / f"{number:03d}_00000.parquet", part)
+        texts += part
+    return str(folder / "*.parquet"), texts
+
+
+def local(make_cfg, files: str, *overrides: str):
+    return make_cfg("data=local", f"data.files={files}", "data.tokenizer.vocab_size=400",
+                    "data.tokenizer.train_docs=60", "data.lane_groups=2", "data.num_workers=0", *overrides)
+
+
+def lane_documents(stream: LaneStream, tokenizer, lane: int, chunks: int) -> list[str]:
+    """A lane's text over its first chunks, split at EOS into documents."""
+    g, j = divmod(lane, stream.batch_size)
+    tokens = np.concatenate([stream.chunk((c * stream.groups + g) * stream.batch_size + j)[0] for c in range(chunks)])
+    return tokenizer.decode(tokens).split(tokenizer.eos_token)[1:]
+
+
+def test_units_are_row_groups_and_blocks_hold_every_line_once(tmp_path, fineweb):
+    pattern, texts = fineweb
+    corpus = Corpus(sorted(str(p) for p in Path(pattern).parent.glob("*.parquet")), "text", block_bytes=1)
+    assert len(corpus.units) == sum(ROW_GROUPS)
+    assert list(corpus.texts(corpus.units)) == texts
+    first = corpus.units[1]
+    assert [t for _, batch in corpus.documents(first, start=4) for t in batch] == texts[14:20]
+
+    lines = documents(37)
+    write_jsonl(tmp_path / "docs.jsonl", lines[:30])
+    (tmp_path / "docs.txt").write_text("\n".join(lines[30:]) + "\n\n")
+    for block in (1, 7, 150, 10**6):
+        corpus = Corpus([str(tmp_path / "docs.jsonl"), str(tmp_path / "docs.txt")], "text", block_bytes=block)
+        assert list(corpus.texts(corpus.units)) == lines, block
+    assert [t for _, b in corpus.documents(corpus.units[0], start=2) for t in b] == lines[2:30]
+
+
+def test_each_pass_deals_every_unit_to_exactly_one_lane(make_cfg, fineweb):
+    experiment = prepare(local(make_cfg, fineweb[0], "data.heldout_units=0"))
+    stream = experiment.datamodule.dataset.background
+    units = len(stream.units)
+    dealt = [stream.unit(n % stream.lanes, n // stream.lanes) for n in range(3 * units)]
+    passes = [dealt[p * units : (p + 1) * units] for p in range(3)]
+    assert all(sorted(p, key=str) == sorted(stream.units, key=str) for p in passes)
+    assert passes[0] != passes[1]
+
+
+def test_lanes_pack_their_units_documents_in_order_without_gaps(make_cfg, fineweb):
+    pattern, texts = fineweb
+    experiment = prepare(local(make_cfg, pattern, "data.heldout_units=0"))
+    stream = experiment.datamodule.dataset.background
+    by_unit = {unit: list(stream.corpus.texts([unit])) for unit in stream.units}
+    for lane in (0, 5, stream.lanes - 1):
+        expected = [t for k in range(30) for t in by_unit[stream.unit(lane, k)]]
+        seen = lane_documents(stream, experiment.tokenizer, lane, chunks=80)
+        assert len(seen) > 2 * ROWS_PER_GROUP
+        assert seen[:-1] == expected[: len(seen) - 1]
+        assert expected[len(seen) - 1].startswith(seen[-1])
+
+
+def test_background_is_the_same_at_every_f_and_held_out_text_never_trained_on(make_cfg, fineweb):
+    pattern, texts = fineweb
+    streams = {}
+    for freq in (0, 4):
+        experiment = prepare(local(make_cfg, pattern, f"infusion.freq={freq}"))
+        dataset = experiment.datamodule.dataset
+        streams[freq] = [dataset[i] for i in range(0, experiment.budget.sequences, 7)]
+    for x, y in zip(streams[0], streams[4]):
+        used = int(y["injected"])
+        assert np.array_equal(x["input_ids"][used:], y["input_ids"][used:])
+    assert sum(int(y["injected"]) for y in streams[4]) > 0
+    heldout = experiment.tokenizer.decode(experiment.evaluator.heldout.flatten())
+    held_markers = set(re.findall(r"doc\d{4}", heldout))
+    assert held_markers and held_markers <= {t[:7] for t in texts[-ROWS_PER_GROUP:]}
+    trained = "".join(experiment.tokenizer.decode(dataset[i]["input_ids"]) for i in range(experiment.budget.sequences))
+    assert not held_markers & set(re.findall(r"doc\d{4}", trained))
+
+
+def test_jsonl_and_text_files_feed_the_same_pipeline(make_cfg, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", documents(60))
+    (tmp_path / "b.txt").write_text("\n".join(documents(40, start=60)) + "\n")
+    experiment = prepare(local(make_cfg, str(tmp_path / "*.*"), "data.block_bytes=2000"))
+    text = experiment.tokenizer.decode(experiment.datamodule.dataset[3]["input_ids"])
+    assert re.search(r"doc\d{4}", text)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", r"data\.files: expected paths or globs that match files, got '.*nope\.parquet'. no file matches"),
+    ("empty_glob", r"data\.files: .*'.*/empty/\*\.parquet'"),
+    ("no_text_column", r"no_text\.parquet: expected a string column 'text'.*'content'.*data\.text_column"),
+    ("suffix", r"data\.files: expected files ending in one of"),
+    ("bad_jsonl", r"bad\.jsonl \(line at byte \d+\): expected a JSON object with a string 'text' field"),
+    ("heldout", r"data\.heldout_units: expected 0 to 8"),
+    ("workers", r"data\.num_workers: expected a divisor of data\.lane_groups x gradient accumulation \(2 x 2\)"),
+])
+def test_bad_corpus_input_is_a_clear_error(make_cfg, tmp_path, fineweb, case, match):
+    (tmp_path / "empty").mkdir()
+    pq.write_table(pa.table({"content": ["a document"]}), tmp_path / "no_text.parquet")
+    (tmp_path / "notes.csv").write_text("text\nhello\n")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    files, extra = {
+        "missing": (str(tmp_path / "nope.parquet"), ()),
+        "empty_glob": (str(tmp_path / "empty" / "*.parquet"), ()),
+        "no_text_column": (str(tmp_path / "no_text.parquet"), ()),
+        "suffix": (str(tmp_path / "notes.csv"), ()),
+        "bad_jsonl": (str(tmp_path / "bad.jsonl"), ("data.block_bytes=17",)),
+        "heldout": (fineweb[0], ("data.heldout_units=9",)),
+        "workers": (fineweb[0], ("data.num_workers=3",)),
+    }[case]
+    cfg = local(make_cfg, files, *extra)
+    with pytest.raises(ConfigError, match=match):
+        experiment = prepare(cfg)
+        for i in range(experiment.budget.sequences):
+            experiment.datamodule.dataset[i]
+
+
+def test_fineweb_without_network_fails_fast_pointing_to_local_data(make_cfg, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    expected = r"HF_HUB_OFFLINE is set.*data=local data\.files='DIR/sample/10BT/\*\*/\*\.parquet'"
+    with pytest.raises(ConfigError, match=expected):
+        prepare(make_cfg("data=fineweb_edu"))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(ConfigError, match=r"huggingface\.co: Name or service not known.*data=local"):
+        prepare(make_cfg("data=fineweb_edu", "data.name=sample-100BT"))
+
+
+def test_show_batch_prints_the_decoded_sequences_of_a_step_with_facts_marked(make_cfg, fineweb):
+    cfg = local(make_cfg, fineweb[0], "infusion.freq=4")
+    experiment = prepare(cfg)
+    dataset, batch = experiment.datamodule.dataset, experiment.budget.batch_size
+    step = next(s for s in range(experiment.budget.steps)
+                if any(int(dataset[i]["injected"]) for i in range(s * batch, (s + 1) * batch)))
+    text = show(cfg, step)
+    assert [int(n) for n in re.findall(r"--- sequence (\d+)", text)] == list(range(step * batch, (step + 1) * batch))
+    injected = next(i for i in range(step * batch, (step + 1) * batch) if int(dataset[i]["injected"]))
+    item = dataset[injected]
+    marked = "⟦" + experiment.tokenizer.decode(item["input_ids"][: int(item["injected"])]) + "⟧"
+    assert marked + experiment.tokenizer.decode(item["input_ids"][int(item["injected"]) :]) in text
+    with pytest.raises(ConfigError, match="step: expected a step of the run"):
+        show(cfg, experiment.budget.steps)

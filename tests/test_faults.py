@@ -1,0 +1,105 @@
+"""What goes wrong in real sweeps: killed runs, crashes mid-write, no network, diverging loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train as train_script
+from kinject import results
+from kinject.checkpoint import AtomicCheckpointIO
+from tests.conftest import ROOT, TINY
+
+
+def _command(output_dir: Path, cache_dir: Path) -> list[str]:
+    return [sys.executable, "train.py", *TINY, "tokens=65536", "checkpoint_every_n_steps=8",
+            f"paths.cache_dir={cache_dir}", f"paths.output_dir={output_dir}"]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
+    straight = subprocess.run(_command(tmp_path / "straight", cache_dir), cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(_command(killed_dir, cache_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoint = killed_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "results.json").exists(), "the run finished before it could be killed"
+    step = torch.load(checkpoint, weights_only=True)["global_step"]
+    assert 0 < step < 128
+
+    resumed = subprocess.run(_command(killed_dir, cache_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "straight", killed_dir))
+    assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-5)
+    flat = [[x for row in r["items"]["memorization"]["logprob"] for x in row] for r in (a, b)]
+    assert flat[0] == pytest.approx(flat[1], abs=1e-3)
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def dies_halfway(obj, target):
+        Path(target).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    assert io.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_crash_while_writing_results_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = results.write_json_atomic(tmp_path / "results.json", {"schema": results.SCHEMA, "status": "complete"})
+
+    def dies_halfway(payload, handle, **kwargs):
+        handle.write('{"schema": "kinj')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        results.write_json_atomic(path, {"schema": results.SCHEMA, "status": "running"})
+    monkeypatch.undo()
+    assert results.read(path)["status"] == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_wandb_online_without_network_falls_back_to_offline_within_seconds(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = make_cfg("logger=wandb_online")
+    started = time.perf_counter()
+    train_script.train(cfg)
+    assert time.perf_counter() - started < 60
+    out = Path(cfg.paths.output_dir)
+    assert results.read(out / "results.json")["status"] == "complete"
+    assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_a_diverging_loss_stops_with_the_step_and_what_to_change(make_cfg):
+    cfg = make_cfg("optim.lr=1000", "checkpoint_every_n_steps=1")
+    with pytest.raises(FloatingPointError, match=r"at step \d+: lower optim.lr \(now 1000"):
+        train_script.train(cfg)
+    out = Path(cfg.paths.output_dir)
+    record = results.read(out / "results.json")
+    assert record["status"] == "failed" and "FloatingPointError" in record["error"]
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
