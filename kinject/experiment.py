@@ -21,6 +21,7 @@ from kinject.filtering import FilterStats, MentionFilter
 from kinject.infusion import InfusionConfig, extraction_prompt, memorization_prompt, plan
 from kinject.knowledge import KnowledgeSet, multiple_choice
 from kinject.model import ModelSpec, resolve_vocab
+from kinject.validation import validate
 from kinject.world import World, WorldConfig
 
 log = logging.getLogger("kinject")
@@ -94,10 +95,10 @@ def world_size(trainer: DictConfig) -> int:
 
 def budget_of(cfg: DictConfig) -> Budget:
     budget = Budget(
-        tokens=_positive_int(cfg.tokens, "tokens"),
-        seq_len=_positive_int(cfg.data.seq_len, "data.seq_len"),
-        batch_size=_positive_int(cfg.data.batch_size, "data.batch_size"),
-        micro_batch_size=_positive_int(cfg.data.micro_batch_size, "data.micro_batch_size"),
+        tokens=int(cfg.tokens),
+        seq_len=int(cfg.data.seq_len),
+        batch_size=int(cfg.data.batch_size),
+        micro_batch_size=int(cfg.data.micro_batch_size),
         world_size=world_size(cfg.trainer),
     )
     if budget.batch_size % (budget.micro_batch_size * budget.world_size):
@@ -110,9 +111,7 @@ def budget_of(cfg: DictConfig) -> Budget:
 
 def _knowledge(cfg: DictConfig, world: World | None) -> KnowledgeSet:
     k = cfg.knowledge
-    num_facts = k.num_facts
-    if isinstance(num_facts, bool) or not isinstance(num_facts, int) or num_facts < 1:
-        raise ConfigError("knowledge.num_facts", "a positive number of facts (the knowledge set is empty)", num_facts)
+    num_facts = int(k.num_facts)
     if k.source == "wikidata":
         include = list(k.include) if k.include is not None else None
         relations = OmegaConf.to_container(k.relations, resolve=True)
@@ -148,16 +147,16 @@ def _streamed_background(cfg: DictConfig, mentions: MentionFilter,
     """FineWeb-Edu or local files as lanes; the last `heldout_units` units (in file order) are held out."""
     data = cfg.data
     files = expand(data.files) if data.source == "local" else hub_files(data.repo, data.name)
-    corpus = Corpus(files, data.text_column, _positive_int(data.block_bytes, "data.block_bytes"))
+    corpus = Corpus(files, data.text_column, int(data.block_bytes))
     held = data.heldout_units
     if not isinstance(held, int) or not 0 <= held < len(corpus.units):
         raise ConfigError("data.heldout_units", f"0 to {len(corpus.units) - 1}: the corpus has {len(corpus.units)} "
                           "units (parquet row groups or byte blocks)", held)
     train, heldout = corpus.units[: len(corpus.units) - held], corpus.units[len(corpus.units) - held :]
-    train_docs = _positive_int(data.tokenizer.train_docs, "data.tokenizer.train_docs")
+    train_docs = int(data.tokenizer.train_docs)
     sample = itertools.islice(corpus.texts(train), train_docs)
     tokenizer = tokenizers.build(data.tokenizer, sample, cfg.paths.cache_dir)
-    groups = _positive_int(data.lane_groups, "data.lane_groups")
+    groups = int(data.lane_groups)
     workers = int(data.num_workers)
     if workers > 1 and (groups * budget.accumulation) % workers:
         raise ConfigError("data.num_workers", f"a divisor of data.lane_groups x gradient accumulation "
@@ -168,6 +167,7 @@ def _streamed_background(cfg: DictConfig, mentions: MentionFilter,
 
 def prepare(cfg: DictConfig) -> Experiment:
     """Builds world, corpus, tokenizer, knowledge, schedule, data module and evaluator from config."""
+    validate(cfg)
     budget = budget_of(cfg)
     infusion = InfusionConfig.from_config(cfg.infusion)
     spec = ModelSpec.from_config(cfg.model)
@@ -191,7 +191,7 @@ def prepare(cfg: DictConfig) -> Experiment:
 
     evaluator = Evaluator(tokenizer, _suites(cfg, world if source == "synthetic" else None, knowledge, infusion),
                           _heldout(tokenizer, heldout_documents, budget.seq_len, cfg.eval.heldout_sequences),
-                          batch_items=_positive_int(cfg.eval.batch_items, "eval.batch_items"))
+                          batch_items=int(cfg.eval.batch_items))
     datamodule = InfusionDataModule(dataset, budget.batch_size, budget.micro_batch_size, int(cfg.data.num_workers))
     return Experiment(tokenizer, knowledge, infusion, budget, spec, vocab_size, datamodule, evaluator)
 

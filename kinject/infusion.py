@@ -29,14 +29,7 @@ class InfusionConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> InfusionConfig:
-        freq = cfg["freq"]
-        if isinstance(freq, bool) or not isinstance(freq, int) or freq < 0:
-            raise ConfigError("infusion.freq", "a whole number of exposures per fact, >= 0 (0 = no injection)", freq)
-        if cfg["format"] not in FORMATS:
-            raise ConfigError("infusion.format", f"one of {FORMATS}", cfg["format"])
-        if cfg["paraphrase"] not in PARAPHRASES:
-            raise ConfigError("infusion.paraphrase", f"one of {PARAPHRASES}", cfg["paraphrase"])
-        return cls(freq, cfg["format"], cfg["paraphrase"], int(cfg["seed"]))
+        return cls(int(cfg["freq"]), cfg["format"], cfg["paraphrase"], int(cfg["seed"]))
 
 
 def render(knowledge: KnowledgeSet, fact: Fact, exposure: int, config: InfusionConfig) -> str:

@@ -27,10 +27,6 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ModelSpec:
-        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                    "max_position_embeddings"):
-            if not isinstance(cfg[key], int) or cfg[key] < 1:
-                raise ConfigError(f"model.{key}", "a positive integer", cfg[key])
         if cfg["hidden_size"] % cfg["num_heads"] or cfg["num_heads"] % cfg["num_kv_heads"]:
             raise ConfigError("model.num_heads", "heads dividing hidden_size and divisible by num_kv_heads",
                               (cfg["hidden_size"], cfg["num_heads"], cfg["num_kv_heads"]))

@@ -21,8 +21,6 @@ EOS = "<|endoftext|>"
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int, cache_dir: str | os.PathLike) -> PreTrainedTokenizerFast:
-    if vocab_size < 300:
-        raise ConfigError("tokenizer.vocab_size", "an integer >= 300 (256 bytes plus merges)", vocab_size)
     digest = hashlib.sha256(f"bpe-v1|{vocab_size}|{len(texts)}".encode())
     for text in texts:
         digest.update(text.encode())

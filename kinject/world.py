@@ -60,13 +60,10 @@ class WorldConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> WorldConfig:
-        for key in ("people", "docs_per_person", "heldout_docs"):
-            if not isinstance(cfg[key], int) or cfg[key] < 1:
-                raise ConfigError(f"world.{key}", "a positive integer", cfg[key])
         for kind, count in cfg["entities"].items():
             if not isinstance(count, int) or count < 4:
                 raise ConfigError(f"world.entities.{kind}", "an integer >= 4 (4 options per question)", count)
-        return cls(int(cfg["seed"]), cfg["people"], cfg["docs_per_person"], cfg["heldout_docs"],
+        return cls(int(cfg["seed"]), int(cfg["people"]), int(cfg["docs_per_person"]), int(cfg["heldout_docs"]),
                    dict(cfg["entities"]), dict(cfg["relations"]))
 
 

@@ -8,6 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from tests.corpus_files import ROW_GROUPS, ROWS_PER_GROUP, documents, write_parquet
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
@@ -38,3 +40,16 @@ def make_cfg(tmp_path: Path, cache_dir: Path):
             )
 
     return make
+
+
+@pytest.fixture
+def fineweb(tmp_path: Path) -> tuple[str, list[str]]:
+    """Three parquet files of 3, 4 and 2 row groups; the glob and every text in file order."""
+    folder = tmp_path / "fineweb"
+    folder.mkdir()
+    texts: list[str] = []
+    for number, groups in enumerate(ROW_GROUPS):
+        part = documents(groups * ROWS_PER_GROUP, start=len(texts))
+        write_parquet(folder / f"{number:03d}_00000.parquet", part)
+        texts += part
+    return str(folder / "*.parquet"), texts

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 from pathlib import Path
@@ -16,58 +15,7 @@ from kinject.corpus import Corpus, LaneStream
 from kinject.errors import ConfigError
 from kinject.experiment import prepare
 from kinject.show_batch import show
-
-WORDS = ("the of and river mountain school teacher science history water energy light cell plant animal "
-         "city people music art learn study because climate ocean island forest").split()
-ROWS_PER_GROUP = 10
-ROW_GROUPS = (3, 4, 2)  # 14 files do not divide a world size of 4 either: units are row groups
-
-
-def documents(count: int, start: int = 0, seed: int = 0) -> list[str]:
-    """Texts in FineWeb-Edu's spirit, each starting with a marker `docNNNN` that identifies it."""
-    rng = np.random.default_rng([seed, start])
-    return [f"doc{start + i:04d} " + " ".join(rng.choice(WORDS, rng.integers(15, 90))) + "." for i in range(count)]
-
-
-def write_parquet(path: Path, texts: list[str], row_group_size: int = ROWS_PER_GROUP) -> None:
-    """A parquet file with FineWeb-Edu's columns."""
-    n = len(texts)
-    table = pa.table({
-        "text": texts,
-        "id": [f"<urn:uuid:{i}>" for i in range(n)],
-        "dump": ["CC-MAIN-2024-10"] * n,
-        "url": [f"https://example.org/{i}" for i in range(n)],
-        "file_path": ["s3://commoncrawl/x.warc.gz"] * n,
-        "language": ["en"] * n,
-        "language_score": [0.97] * n,
-        "token_count": [len(t.split()) for t in texts],
-        "score": [3.1] * n,
-        "int_score": [3] * n,
-    })
-    pq.write_table(table, path, row_group_size=row_group_size)
-
-
-def write_jsonl(path: Path, texts: list[str]) -> None:
-    path.write_text("".join(json.dumps({"text": t, "id": str(i)}) + "\n" for i, t in enumerate(texts)))
-
-
-@pytest.fixture
-def fineweb(tmp_path: Path) -> tuple[str, list[str]]:
-    """Three parquet files of 3, 4 and 2 row groups; the glob and every text in file order."""
-    folder = tmp_path / "fineweb"
-    folder.mkdir()
-    texts: list[str] = []
-    for number, groups in enumerate(ROW_GROUPS):
-        part = documents(groups * ROWS_PER_GROUP, start=len(texts))
-        write_parquet(folder / f"{number:03d}_00000.parquet", part)
-        texts += part
-    return str(folder / "*.parquet"), texts
-
-
-def local(make_cfg, files: str, *overrides: str):
-    return make_cfg("data=local", f"data.files={files}", "data.tokenizer.vocab_size=400",
-                    "data.tokenizer.train_docs=60", "data.lane_groups=2", "data.num_workers=0", *overrides)
-
+from tests.corpus_files import ROW_GROUPS, ROWS_PER_GROUP, documents, local, write_jsonl
 
 def lane_documents(stream: LaneStream, tokenizer, lane: int, chunks: int) -> list[str]:
     """A lane's text over its first chunks, split at EOS into documents."""

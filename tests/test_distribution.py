@@ -36,7 +36,7 @@ def test_two_process_ddp_covers_the_same_data_as_one_process(tmp_path, cache_dir
     for name, trainer in (("single", "trainer=cpu"), ("ddp", "trainer=ddp_cpu")):
         done = _run(trainer, "trainer.devices=" + ("1" if name == "single" else "2"), "tokens=4096",
                     f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path / name}",
-                    f"+callbacks.record._target_=tests.helpers.RecordIndices", f"+callbacks.record.path={tmp_path / name / 'seen'}")
+                    "+callbacks.record._target_=tests.helpers.RecordIndices", f"+callbacks.record.path={tmp_path / name / 'seen'}")
         assert done.returncode == 0, done.stderr[-3000:]
         results[name] = json.loads((tmp_path / name / "results.json").read_text())
     single, ddp = _seen(tmp_path / "single" / "seen"), _seen(tmp_path / "ddp" / "seen")

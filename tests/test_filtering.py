@@ -13,7 +13,7 @@ from kinject.errors import ConfigError
 from kinject.experiment import prepare
 from kinject.filtering import MentionFilter
 from kinject.knowledge import Fact
-from tests.test_corpus import documents, local, write_parquet
+from tests.corpus_files import documents, local, write_parquet
 
 FACTS = [Fact(0, "Paris", "P36", "Lutetia"), Fact(1, "New York", "P19", "Ann Lee"), Fact(2, "Li", "P27", "China")]
 

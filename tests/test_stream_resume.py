@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from kinject.checkpoint import AtomicCheckpointIO
 from kinject.corpus import LanePosition
 from kinject.experiment import prepare
-from tests.test_corpus import fineweb, local  # noqa: F401  (fixture)
+from tests.corpus_files import local
 
 STEPS = 6
 CRASH_AT = 3

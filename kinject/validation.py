@@ -1,0 +1,126 @@
+"""Every scalar config value a user sets, checked in one place before anything is built or trained.
+
+Each rule names its key, its type and its range or choices; the README's bad-input table is printed
+from these rules (`python -m kinject.validation`), and the tests try a wrong type and an
+out-of-range value for every one of them. Checks that need more than one value (an injection that
+must fit the budget, a batch that must divide over the devices) live where those values meet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kinject.errors import ConfigError
+from kinject.evaluation import SCORINGS
+from kinject.infusion import FORMATS, PARAPHRASES
+
+SUITES = ("memorization", "extraction", "background")
+METRICS = tuple(f"{suite}/acc_{scoring}" for suite in SUITES for scoring in SCORINGS) + ("heldout/loss", "train/loss")
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[Any, ...] = ()
+    nullable: bool = False
+
+    def expected(self) -> str:
+        if self.choices:
+            return f"one of {', '.join(map(str, self.choices))}" + (" or null" if self.nullable else "")
+        kind = "an integer" if self.kind is int else "a number"
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"<= {self.high:g}")
+        return f"{kind} {' and '.join(bounds)}".strip() + (" or null" if self.nullable else "")
+
+    def check(self, value: Any) -> None:
+        if value is None and self.nullable:
+            return
+        if self.choices:
+            if value not in self.choices:
+                raise ConfigError(self.key, self.expected(), value)
+            return
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or (self.kind is int and not float(value).is_integer()):
+            raise ConfigError(self.key, self.expected(), value)
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        if too_low or (self.high is not None and value > self.high):
+            raise ConfigError(self.key, self.expected(), value)
+
+
+RULES = (
+    Rule("seed", int, 0),
+    Rule("tokens", int, 1),
+    Rule("threads", int, 0),
+    Rule("checkpoint_every_n_steps", int, 1),
+    Rule("metric", str, choices=METRICS),
+    Rule("data.seq_len", int, 8),
+    Rule("data.batch_size", int, 1),
+    Rule("data.micro_batch_size", int, 1),
+    Rule("data.num_workers", int, 0),
+    Rule("data.filter", str, choices=("none", "subject", "subject_and_object")),
+    Rule("data.tokenizer.kind", str, choices=("bpe", "hub")),
+    Rule("data.tokenizer.vocab_size", int, 300),
+    Rule("data.tokenizer.train_docs", int, 1),
+    Rule("data.block_bytes", int, 1),
+    Rule("data.lane_groups", int, 1),
+    Rule("knowledge.num_facts", int, 1),
+    Rule("knowledge.seed", int, 0),
+    Rule("infusion.freq", int, 0),
+    Rule("infusion.format", str, choices=FORMATS),
+    Rule("infusion.paraphrase", str, choices=PARAPHRASES),
+    Rule("infusion.seed", int, 0),
+    Rule("infusion.max_share", float, 0, 1, low_open=True),
+    Rule("model.hidden_size", int, 1),
+    Rule("model.num_layers", int, 1),
+    Rule("model.num_heads", int, 1),
+    Rule("model.num_kv_heads", int, 1),
+    Rule("model.intermediate_size", int, 1),
+    Rule("model.max_position_embeddings", int, 1),
+    Rule("model.vocab_size", int, 1, nullable=True),
+    Rule("model.rope_theta", float, 0, low_open=True),
+    Rule("optim.lr", float, 0, low_open=True),
+    Rule("optim.min_lr_ratio", float, 0, 1),
+    Rule("optim.weight_decay", float, 0),
+    Rule("optim.warmup_steps", int, 0),
+    Rule("eval.every_n_steps", int, 0),
+    Rule("eval.background_facts", int, 0),
+    Rule("eval.heldout_sequences", int, 0),
+    Rule("eval.batch_items", int, 1),
+    Rule("eval.seed", int, 0),
+    Rule("world.seed", int, 0),
+    Rule("world.people", int, 1),
+    Rule("world.docs_per_person", int, 1),
+    Rule("world.heldout_docs", int, 1),
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raises ConfigError for the first value that breaks its rule; a metric list is checked item by item."""
+    for rule in RULES:
+        value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        for item in value if OmegaConf.is_list(value) and rule.key == "metric" else [value]:
+            rule.check(item)
+
+
+def markdown() -> str:
+    """The README's table of what each key accepts."""
+    rows = ["| key | accepts |", "|---|---|"]
+    rows += [f"| `{rule.key}` | {rule.expected()} |" for rule in RULES]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown())

@@ -1,0 +1,71 @@
+"""Every user-set value: a wrong type or an out-of-range value is refused, naming the key and what it takes."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from kinject.errors import ConfigError
+from kinject.experiment import prepare
+from kinject.validation import RULES, Rule, markdown, validate
+from tests.conftest import ROOT
+
+
+def _bad_values(rule: Rule) -> list[object]:
+    if rule.choices:
+        return [12345, "no_such_choice"]
+    values: list[object] = ["abc", True]
+    if rule.kind is int:
+        values.append(1.5)
+    if rule.low is not None:
+        values.append(rule.low if rule.low_open else rule.low - 1)
+    if rule.high is not None:
+        values.append(rule.high + 1)
+    return values
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[rule.key for rule in RULES])
+def test_each_key_refuses_a_wrong_type_and_an_out_of_range_value(make_cfg, rule):
+    cfg = make_cfg("data=local", "data.files=unused")
+    validate(cfg)
+    for value in _bad_values(rule):
+        with open_dict(cfg):
+            OmegaConf.update(cfg, rule.key, value, force_add=True)
+        with pytest.raises(ConfigError, match=rf"^{rule.key.replace('.', '[.]')}: expected {rule.expected()}"):
+            validate(cfg)
+
+
+def test_prepare_checks_values_before_building_anything(make_cfg, monkeypatch):
+    import kinject.experiment as experiment
+
+    monkeypatch.setattr(experiment, "World", lambda *a: pytest.fail("built the world before validating"))
+    with pytest.raises(ConfigError, match="optim.lr: expected a number > 0"):
+        prepare(make_cfg("optim.lr=0"))
+
+
+def test_a_metric_list_is_checked_item_by_item(make_cfg):
+    validate(make_cfg("metric=[memorization/acc_token,heldout/loss]"))
+    with pytest.raises(ConfigError, match="metric: expected one of"):
+        validate(make_cfg("metric=[memorization/acc_token,heldout/los]"))
+
+
+def test_the_readme_table_is_the_rules():
+    assert markdown() in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (("data.batch_size=6", "data.micro_batch_size=4"), r"data\.batch_size: expected a multiple of data\.micro_batch_size x devices"),
+    (("model.vocab_size=100",), r"model\.vocab_size: expected at least the tokenizer's \d+ tokens"),
+    (("model.num_heads=3",), r"model\.num_heads: expected heads dividing hidden_size"),
+    (("knowledge.include=[]",), r"knowledge\.include: expected relation names among"),
+])
+def test_values_that_must_agree_with_each_other(make_cfg, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        prepare(make_cfg(*overrides))
+
+
+def test_evaluate_names_a_missing_checkpoint(tmp_path):
+    from evaluate import evaluate
+
+    with pytest.raises(ConfigError, match=r"ckpt: expected a checkpoint file from train\.py or a folder"):
+        evaluate(tmp_path / "nope.ckpt")
