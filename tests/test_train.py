@@ -14,6 +14,7 @@ from hydra.errors import MissingConfigException
 
 import train as train_script
 from evaluate import evaluate
+from kinject import results
 from kinject.errors import ConfigError
 from kinject.module import CausalLM
 from tests.conftest import ROOT, TINY
@@ -83,6 +84,9 @@ def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
     assert set(records) == {0, 2}
     assert records[0]["infusion"]["injected_tokens"] == 0 < records[2]["infusion"]["injected_tokens"]
     assert records[0]["run"]["output_dir"] != records[2]["run"]["output_dir"]
+    header, rows = results.table([sweep])
+    assert [row[header.index("freq")] for row in rows] == [0, 2]
+    assert rows[1][header.index("memorization/acc_token")] == records[2]["metrics"]["memorization/acc_token"]
 
 
 def test_a_failed_job_does_not_stop_the_sweep_and_a_rerun_redoes_only_it(tmp_path, cache_dir):
