@@ -38,11 +38,10 @@ class CausalLM(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Refuse a non-finite update, so that no checkpoint ever holds NaN weights."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack([g.abs().max() for g in grads])).all():
-            self._diverged("a gradient is not finite")
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to save non-finite weights, so the last checkpoint on disk is always a good one."""
+        if not all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point()):
+            self._diverged("the weights are not finite")
 
     def _diverged(self, what: str) -> None:
         raise FloatingPointError(
