@@ -38,6 +38,16 @@ class CausalLM(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Under FSDP the norm must span every shard, and Lightning refuses clip-by-norm there: clip
+        through the sharded root module's own `clip_grad_norm_`, Lightning's path everywhere else."""
+        sharded = self.trainer.strategy.model
+        if gradient_clip_val and gradient_clip_algorithm != "value" and hasattr(sharded, "clip_grad_norm_"):
+            sharded.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save non-finite weights, so the last checkpoint on disk is always a good one."""
         if not all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point()):
