@@ -125,7 +125,7 @@ def test_bad_config_exits_before_training_with_the_key_named(tmp_path, cache_dir
                            f"paths.output_dir={tmp_path}", "infusion.freq=-3"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "infusion.freq: expected a whole number of exposures per fact" in done.stdout + done.stderr
+    assert "infusion.freq: expected an integer >= 0, got -3" in done.stdout + done.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
