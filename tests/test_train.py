@@ -15,7 +15,6 @@ from hydra.errors import MissingConfigException
 import train as train_script
 from evaluate import evaluate
 from kinject import results
-from kinject.errors import ConfigError
 from kinject.module import CausalLM
 from tests.conftest import ROOT, TINY
 
@@ -127,10 +126,6 @@ def test_bad_config_exits_before_training_with_the_key_named(tmp_path, cache_dir
     assert done.returncode == 2
     assert "infusion.freq: expected an integer >= 0, got -3" in done.stdout + done.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
-
-
-def test_config_error_type_names_key():
-    assert ConfigError("a.b", "x", 1).key == "a.b"
 
 
 def test_export_round_trip_loads_in_plain_transformers(make_cfg, tmp_path):
