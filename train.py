@@ -109,6 +109,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         "config": config,
     }
     _announce(experiment, record)
+    outcome = "failed"
     try:
         for logger in loggers:
             logger.log_hyperparams({**config, "derived": {**record["model"], **record["budget"], **record["infusion"]}})
@@ -125,6 +126,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
             _log_final(loggers, evaluation, trainer.global_step)
             path = results.write_json_atomic(output_dir / results.FILENAME, record)
             log.info("%s | results: %s | checkpoint: %s", _headline(metrics), path, last)
+        outcome = "success"
     except Exception as error:
         if trainer.is_global_zero:
             frame = traceback.extract_tb(error.__traceback__)[-1]
@@ -133,7 +135,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
             results.write_json_atomic(output_dir / results.FILENAME, record)
         raise
     finally:
-        _close(loggers)
+        _close(loggers, outcome)
     return _returned(cfg, metrics)
 
 
@@ -174,10 +176,10 @@ def _log_final(loggers: list, evaluation, step: int) -> None:
             logger.log_table("per_relation", columns=["suite", "relation", "acc_token"], data=rows, step=step)
 
 
-def _close(loggers: list) -> None:
+def _close(loggers: list, outcome: str) -> None:
     """Always finish W&B, or the next job of a multirun logs into this run."""
     for logger in loggers:
-        logger.finalize("success")
+        logger.finalize(outcome)
     if "wandb" in sys.modules:
         import wandb
 
