@@ -119,11 +119,12 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         filtered = experiment.datamodule.filter_stats().as_dict()
         evaluation = experiment.evaluator(module.model)
         metrics = {**evaluation.metrics, "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
-        record.update(status="complete", metrics=metrics, per_relation=evaluation.per_relation(), filter=filtered,
+        per_relation = evaluation.per_relation()
+        record.update(status="complete", metrics=metrics, per_relation=per_relation, filter=filtered,
                       curve=curve.curve, items=evaluation.items)
         record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
         if trainer.is_global_zero:
-            _log_final(loggers, evaluation, trainer.global_step)
+            _log_final(loggers, evaluation.metrics, per_relation, trainer.global_step)
             path = results.write_json_atomic(output_dir / results.FILENAME, record)
             log.info("%s | results: %s | checkpoint: %s", _headline(metrics), path, last)
         outcome = "success"
@@ -167,11 +168,11 @@ def _headline(metrics: dict[str, float]) -> str:
     return ", ".join(f"{key} = {metrics[key]:.3f}" for key in keys if key in metrics)
 
 
-def _log_final(loggers: list, evaluation, step: int) -> None:
+def _log_final(loggers: list, metrics: dict[str, float], per_relation: dict[str, dict[str, float]], step: int) -> None:
     """Final metrics (they become the W&B summary) and a per-relation accuracy table."""
-    rows = [[suite, relation, acc] for suite, table in evaluation.per_relation().items() for relation, acc in table.items()]
+    rows = [[suite, relation, acc] for suite, table in per_relation.items() for relation, acc in table.items()]
     for logger in loggers:
-        logger.log_metrics(evaluation.metrics, step=step)
+        logger.log_metrics(metrics, step=step)
         if hasattr(logger, "log_table"):
             logger.log_table("per_relation", columns=["suite", "relation", "acc_token"], data=rows, step=step)
 

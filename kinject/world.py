@@ -114,16 +114,16 @@ class World:
                 raise ConfigError(f"world.relations.{name}.object_type", f"one of {sorted(self.objects)}",
                                   relation.object_type)
         self.people = [self._names.person() for _ in range(config.people)]
-        self.facts = self._facts_about(self.people, rng, first_id=0)
+        self.facts = self._facts_about(self.people, rng)
         self.located_in = {city: str(rng.choice(self.objects["country"])) for city in self.objects.get("city", [])}
 
-    def _facts_about(self, people: list[str], rng: np.random.Generator, first_id: int,
+    def _facts_about(self, people: list[str], rng: np.random.Generator,
                      relations: list[str] | None = None) -> list[Fact]:
         facts = []
         for person in people:
             for name in relations or self.relations:
                 obj = str(rng.choice(self.objects[self.relations[name].object_type]))  # type: ignore[index]
-                facts.append(Fact(first_id + len(facts), person, name, obj))
+                facts.append(Fact(len(facts), person, name, obj))
         return facts
 
     def fresh_facts(self, num_facts: int, seed: int, relations: list[str] | None = None) -> list[Fact]:
@@ -133,7 +133,7 @@ class World:
         names = _Names(rng)
         names.used = set(self._names.used)
         people = [names.person() for _ in range(-(-num_facts // len(relations)))]
-        return self._facts_about(people, rng, 0, relations)[:num_facts]
+        return self._facts_about(people, rng, relations)[:num_facts]
 
     def knowledge(self, facts: list[Fact]) -> KnowledgeSet:
         candidates = {name: list(self.objects[r.object_type]) for name, r in self.relations.items()}  # type: ignore[index]
