@@ -1,11 +1,13 @@
 """Re-compute a run's evaluation (memorization, extraction, background, held-out loss), or export it.
 
-    python evaluate.py ckpt=outputs/.../checkpoints/last.ckpt [out=eval.json]
+    python evaluate.py ckpt=outputs/.../checkpoints/last.ckpt [out=eval.json] [device=cuda:0] [precision=32-true]
     python evaluate.py ckpt=outputs/.../checkpoints/last.ckpt export=hf/tiny-f16   # transformers folder
     python evaluate.py ckpt=hf/tiny-f16                                             # an exported folder
 
 A checkpoint (and an export) carries its run's resolved config, so the same world, knowledge,
-items and tokenizer are rebuilt and the numbers match what training logged.
+items and tokenizer are rebuilt and the numbers match what training logged. A sharded (FSDP)
+checkpoint folder is gathered into one model first. By default the model is scored on the GPU when
+there is one, under the run's own precision.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import contextlib
+from typing import ContextManager
+
 import hydra
 import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME, _load_distributed_checkpoint
+from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -37,8 +44,9 @@ def load(path: str | Path) -> tuple[Experiment, PreTrainedModel, dict[str, Any]]
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         config = json.loads((path / CONFIG_FILE).read_text())
         model = AutoModelForCausalLM.from_pretrained(path)
-    elif path.is_file():
-        checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    elif path.is_file() or (path / _METADATA_FILENAME).is_file():
+        checkpoint: dict[str, Any] = (torch.load(path, map_location="cpu", weights_only=True) if path.is_file()
+                                      else _load_distributed_checkpoint(path))
         if "kinject_config" not in checkpoint:
             raise ConfigError("ckpt", "a checkpoint written by train.py (it carries the run's config)", str(path))
         config = checkpoint["kinject_config"]
@@ -50,9 +58,19 @@ def load(path: str | Path) -> tuple[Experiment, PreTrainedModel, dict[str, Any]]
     return prepare(OmegaConf.create(config)), model, config
 
 
-def evaluate(path: str | Path) -> Evaluation:
-    experiment, model, _ = load(path)
-    return experiment.evaluator(model)
+def evaluate(path: str | Path, device: str = "auto", precision: str = "auto") -> Evaluation:
+    """Scores a checkpoint on `device` (auto: the GPU if there is one) under `precision` (auto: the run's)."""
+    experiment, model, config = load(path)
+    target = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    chosen = config["trainer"]["precision"] if precision == "auto" else precision
+    return experiment.evaluator(model.to(target), precision_context(str(chosen), target))
+
+
+def precision_context(precision: str, device: torch.device) -> ContextManager:
+    """Autocast for Lightning's mixed precisions ("bf16-mixed", "16-mixed"), full precision otherwise."""
+    if precision.endswith("-mixed"):
+        return MixedPrecision(precision, device.type).forward_context()
+    return contextlib.nullcontext()
 
 
 def export(path: str | Path, folder: str | Path) -> Path:
@@ -73,7 +91,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.export:
             print(f"exported: {export(cfg.ckpt, cfg.export)}")
             return
-        evaluation = evaluate(cfg.ckpt)
+        evaluation = evaluate(cfg.ckpt, str(cfg.device), str(cfg.precision))
     except ConfigError as error:
         log.error("%s", error)
         sys.exit(2)

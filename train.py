@@ -20,28 +20,29 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from kinject import results
-from kinject.callbacks import ConfigInCheckpoint, EvaluationCurve, StepProgressBar, TokensPerSecond
+from kinject.callbacks import ConfigInCheckpoint, LastCheckpoint, StepProgressBar, TokensPerSecond, TrainingEvaluation
 from kinject.checkpoint import AtomicCheckpointIO
 from kinject.errors import ConfigError
-from kinject.distributed import guard_local_ddp
+from kinject.distributed import FSDP2Strategy, guard_local_ddp
 from kinject.experiment import Experiment, prepare
 from kinject.model import count_params, flops_per_token
 from kinject.module import CausalLM
+from kinject.throughput import MFUMonitor
 from kinject.tracking import make_loggers
 
 log = logging.getLogger("kinject")
 
 
-def build_module(cfg: DictConfig, experiment: Experiment) -> CausalLM:
-    """The LightningModule, with the FLOPs per batch that ThroughputMonitor turns into MFU."""
+def build_module(cfg: DictConfig, experiment: Experiment, on_meta: bool = False) -> CausalLM:
+    """The LightningModule, with the FLOPs per batch that ThroughputMonitor turns into MFU. `on_meta`: the
+    weights take no memory until sharded (FSDP2 ranks other than 0, which receive rank 0's)."""
     budget = experiment.budget
     module = CausalLM(model=OmegaConf.to_container(cfg.model, resolve=True), vocab_size=experiment.vocab_size,
-                      **OmegaConf.to_container(cfg.optim, resolve=True), total_steps=budget.steps)
+                      **OmegaConf.to_container(cfg.optim, resolve=True), total_steps=budget.steps, on_meta=on_meta)
     if cfg.compile:
         module.model.compile()
     module.flops_per_batch = budget.micro_batch_size * budget.seq_len * flops_per_token(
@@ -50,24 +51,28 @@ def build_module(cfg: DictConfig, experiment: Experiment) -> CausalLM:
 
 
 def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callbacks: list[L.Callback]) -> L.Trainer:
-    """The Lightning Trainer of a run: budget in steps, atomic checkpoints, one owner of SLURM requeue."""
+    """The Lightning Trainer of a run: budget in steps, atomic checkpoints, one owner of SLURM requeue.
+    `trainer.checkpoint` configures kinject's LastCheckpoint (train.py), not the Trainer."""
     budget = experiment.budget
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    progress = [StepProgressBar()] if cfg.trainer.enable_progress_bar else []
+    bar = cfg.trainer.enable_progress_bar
+    bar = sys.stderr.isatty() if bar is None else bool(bar)
     extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    options = OmegaConf.masked_copy(cfg.trainer, [key for key in cfg.trainer if key != "checkpoint"])
     return instantiate(
-        cfg.trainer,
+        options,
         max_steps=budget.steps,
         accumulate_grad_batches=budget.accumulation,
         logger=loggers or False,
         default_root_dir=cfg.paths.output_dir,
         plugins=plugins,
+        enable_progress_bar=bar,
         callbacks=[*callbacks, TokensPerSecond(budget.micro_batch_size * budget.seq_len * budget.world_size),
-                   ThroughputMonitor(batch_size_fn=lambda batch: batch["input_ids"].size(0),
-                                     length_fn=lambda batch: batch["input_ids"].numel()),
-                   *progress, *extra],
+                   MFUMonitor(batch_size_fn=lambda batch: batch["input_ids"].size(0),
+                              length_fn=lambda batch: batch["input_ids"].numel()),
+                   *([StepProgressBar()] if bar else []), *extra],
     )
 
 
@@ -81,23 +86,24 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     guard_local_ddp(cfg)
     experiment = prepare(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
 
-    module = build_module(cfg, experiment)
-    params_total, params_non_embedding = count_params(module.model)
     budget = experiment.budget
-    curve = EvaluationCurve(experiment.evaluator, int(cfg.eval.every_n_steps), budget.batch_size * budget.seq_len)
-    checkpoints = output_dir / "checkpoints"
+    evaluation = TrainingEvaluation(experiment.evaluator, int(cfg.eval.every_n_steps), budget.batch_size * budget.seq_len)
+    last = output_dir / "checkpoints" / "last.ckpt"
     loggers = make_loggers(cfg)
     trainer = build_trainer(cfg, experiment, loggers, [
-        curve,
+        evaluation,
         ConfigInCheckpoint(config),
-        ModelCheckpoint(dirpath=checkpoints, filename="last", every_n_train_steps=int(cfg.checkpoint_every_n_steps),
-                        save_top_k=1, enable_version_counter=False),
+        LastCheckpoint(last, **OmegaConf.to_container(cfg.trainer.checkpoint)),
     ])
+    module = build_module(cfg, experiment, on_meta=isinstance(trainer.strategy, FSDP2Strategy) and trainer.global_rank > 0)
+    params_total, params_non_embedding = count_params(module.model)
     record: dict[str, Any] = {
         "schema": results.SCHEMA,
         "status": "running",
@@ -113,18 +119,19 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     try:
         for logger in loggers:
             logger.log_hyperparams({**config, "derived": {**record["model"], **record["budget"], **record["infusion"]}})
-        last = checkpoints / "last.ckpt"
         trainer.fit(module, datamodule=experiment.datamodule, ckpt_path=str(last) if cfg.resume and last.exists() else None)
-        trainer.save_checkpoint(last, weights_only=False)
+        final = evaluation.final
+        if final is None:
+            raise RuntimeError(f"training ended at step {trainer.global_step} of {budget.steps} without a final "
+                               f"evaluation; re-score the checkpoint with `python evaluate.py ckpt={last}`")
         filtered = experiment.datamodule.filter_stats().as_dict()
-        evaluation = experiment.evaluator(module.model)
-        metrics = {**evaluation.metrics, "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
-        per_relation = evaluation.per_relation()
+        metrics = {**final.metrics, "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+        per_relation = final.per_relation()
         record.update(status="complete", metrics=metrics, per_relation=per_relation, filter=filtered,
-                      curve=curve.curve, items=evaluation.items)
+                      curve=evaluation.curve, items=final.items)
         record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
         if trainer.is_global_zero:
-            _log_final(loggers, evaluation.metrics, per_relation, trainer.global_step)
+            _log_final(loggers, final.metrics, per_relation, trainer.global_step)
             path = results.write_json_atomic(output_dir / results.FILENAME, record)
             log.info("%s | results: %s | checkpoint: %s", _headline(metrics), path, last)
         outcome = "success"

@@ -52,8 +52,8 @@ def lightning_loop(cfg, experiment: Experiment) -> float:
 
 
 def main() -> None:
-    cfg = config("tokens=655360", "eval.every_n_steps=0", "checkpoint_every_n_steps=1000000",
-                 "trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false")
+    cfg = config("tokens=655360", "eval.every_n_steps=0", "trainer.checkpoint.every_n_steps=1000000",
+                 "trainer.enable_progress_bar=false")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     experiment = prepare(cfg)
     steps = experiment.budget.steps

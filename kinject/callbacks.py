@@ -1,41 +1,104 @@
-"""Callbacks: memorization learning curves, tokens/s on the progress bar, config in checkpoints."""
+"""Callbacks: evaluation during training, the last checkpoint, tokens/s on the progress bar, config in
+checkpoints."""
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from kinject.evaluation import Evaluator
+from kinject.distributed import OncePerStep
+from kinject.evaluation import Evaluation, Evaluator
+
+log = logging.getLogger("kinject")
 
 
-class EvaluationCurve(L.Callback):
-    """Scores the model every N optimizer steps on rank 0; the curve survives a resume."""
+class TrainingEvaluation(L.Callback):
+    """Evaluates inside `fit`, on the training device under the run's precision: every N optimizer steps
+    (the learning curve) and after the last step (the run's result). Every rank takes part (each scores
+    a slice), so it is right under DDP and FSDP alike; the curve and the result survive a resume."""
 
     def __init__(self, evaluator: Evaluator, every_n_steps: int, tokens_per_step: int) -> None:
         self.evaluator = evaluator
         self.every_n_steps = every_n_steps
         self.tokens_per_step = tokens_per_step
         self.curve: list[dict[str, float]] = []
+        self.final: Evaluation | None = None
+        self.once = OncePerStep()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.once.start(trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if not self.every_n_steps or step == 0 or step % self.every_n_steps or (self.curve and self.curve[-1]["step"] == step):
+        periodic = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        last = step >= trainer.max_steps
+        if not (periodic or last) or not self.once.new_step(step):
             return
+        started = time.perf_counter()
+        evaluation = self.evaluator(pl_module.model, trainer.precision_plugin.forward_context())
         if trainer.is_global_zero:
-            metrics = self.evaluator(pl_module.model).metrics
-            self.curve.append({"step": step, "tokens": step * self.tokens_per_step, **metrics})
+            log.info("evaluation at step %d took %.1f s on %d rank(s)", step, time.perf_counter() - started,
+                     trainer.world_size)
+        if periodic:
+            self.curve.append({"step": step, "tokens": step * self.tokens_per_step, **evaluation.metrics})
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
-        trainer.strategy.barrier()
+                logger.log_metrics(evaluation.metrics, step=step)
+        if last:
+            self.final = evaluation
 
     def state_dict(self) -> dict[str, Any]:
-        return {"curve": self.curve}
+        final = None if self.final is None else {"metrics": self.final.metrics, "items": self.final.items}
+        return {"curve": self.curve, "final": final}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.curve = list(state_dict["curve"])
+        final = state_dict.get("final")
+        self.final = None if final is None else Evaluation(final["metrics"], final["items"])
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps `last.ckpt`: every N optimizer steps, or every M minutes of training (rank 0's clock decides
+    for all ranks), and once more when training ends, still inside `fit` so that a sharded strategy saves
+    while it is live."""
+
+    def __init__(self, path: str | Path, every_n_steps: int | None = None, every_minutes: float | None = None) -> None:
+        if (every_n_steps is None) == (every_minutes is None):
+            raise ValueError("give exactly one of every_n_steps and every_minutes")
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.every_s = None if every_minutes is None else 60 * every_minutes
+        self.saved_step = -1
+        self.saved_at = time.monotonic()
+        self.once = OncePerStep()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.saved_at = time.monotonic()
+        self.once.start(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if not self.once.new_step(step):
+            return
+        if self.every_n_steps is not None:
+            due = step % self.every_n_steps == 0
+        else:
+            due = trainer.strategy.broadcast(time.monotonic() - self.saved_at >= self.every_s)
+        if due:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.saved_step != trainer.global_step:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+        self.saved_at = time.monotonic()
 
 
 class TokensPerSecond(L.Callback):

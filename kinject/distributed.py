@@ -1,14 +1,35 @@
-"""Guards for how runs are distributed: the combinations known to break, refused up front."""
+"""How runs are distributed: FSDP2 sharding, a step rule that keeps collectives in step, and the
+combinations known to break, refused up front."""
 
 from __future__ import annotations
 
+import os
+
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from lightning.pytorch.strategies import ModelParallelStrategy
+from omegaconf import DictConfig, OmegaConf
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from kinject.errors import ConfigError
 
 _IN_PROCESS_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
+
+
+def launcher_rank() -> int:
+    """The rank a scheduler gave this process before any process group exists: each SLURM task of a
+    multi-GPU job runs the whole Hydra job (Lightning's own DDP children are told apart by Lightning)."""
+    return int(os.environ.get("SLURM_PROCID", 0))
+
+
+# Used by conf/hydra/default.yaml so that only rank 0 writes `.hydra/` and each rank logs to its own file.
+OmegaConf.register_new_resolver("kinject.rank_zero_only", lambda value: value if launcher_rank() == 0 else None,
+                                replace=True)
+OmegaConf.register_new_resolver("kinject.rank_suffix", lambda: f"_rank{launcher_rank()}" if launcher_rank() else "",
+                                replace=True)
 
 
 def guard_local_ddp(cfg: DictConfig) -> None:
@@ -23,3 +44,54 @@ def guard_local_ddp(cfg: DictConfig) -> None:
     if multi and launcher.endswith(_IN_PROCESS_LAUNCHERS):
         raise ConfigError("trainer.devices", "1 device per job in a local multirun", devices,
                           hint="run multi-device jobs one at a time, or sweep with hydra/launcher=slurm")
+
+
+class OncePerStep:
+    """Lightning advances `global_step` before `on_train_batch_end`, so with gradient accumulation a hook
+    keyed on the step sees each step on `accumulation` consecutive micro-batches (after a resume, the
+    restored step too). This fires once per optimizer step taken in this `fit`, the same on every rank:
+    the condition for reaching a collective without a hang. Call `start` from `on_train_start`."""
+
+    def __init__(self) -> None:
+        self.seen_step = 0
+
+    def start(self, step: int) -> None:
+        self.seen_step = step
+
+    def new_step(self, step: int) -> bool:
+        fresh = step > self.seen_step
+        self.seen_step = max(step, self.seen_step)
+        return fresh
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel (FSDP2) over every process, without tensor parallelism. The module
+    shards itself in `configure_model`; parameters keep their names and shapes (DTensors), checkpoints
+    are saved sharded, one file per rank. Unlike Lightning's FSDP1 strategy it also runs on CPU (gloo)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(tensor_parallel_size=1, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+def fully_shard_llama(model: torch.nn.Module, mesh: DeviceMesh, bf16: bool) -> None:
+    """One FSDP unit per decoder layer, the embeddings, final norm and head in the root unit. With bf16
+    the weights are gathered and used in bf16, gradients reduced in fp32."""
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def load_from_rank_zero(model: torch.nn.Module, full_state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """After sharding: ranks that built the model on the meta device get memory for their shards, then every
+    rank's shards and buffers are filled from rank 0's full copy (`full_state`, empty elsewhere). Host memory
+    for the whole model is needed on rank 0 alone; the weights are those of a one-process run of the seed."""
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        model.to_empty(device=device)
+    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)

@@ -4,12 +4,17 @@ Each option is scored as the log-likelihood of its tokens given the question, wi
 option tokenized jointly (as training saw them). All options of a batch of items go through the
 model in one forward pass. Accuracy is reported three ways: summed log-likelihood, per-token mean
 (the paper's perplexity choice) and per-character mean; per-item outcomes are kept for the fits.
+
+Under torch.distributed every rank scores an equal, padded slice of the items and held-out text and
+the slices are gathered: W times less work per evaluation, and every rank runs the same number of
+forward passes, which a sharded (FSDP) model needs to gather its weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -42,16 +47,53 @@ def encode_items(tokenizer, items: Sequence[Item]) -> EncodedItems:
     return EncodedItems(list(items), ids, starts, np.array(chars, dtype=np.float64).reshape(len(items), -1))
 
 
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _share(n: int) -> tuple[np.ndarray, int]:
+    """This rank's contiguous slice of n things, padded (with index 0) to the same length on every rank,
+    and how many of its entries are real."""
+    rank, world = _world()
+    per = -(-n // world)
+    mine = np.arange(rank * per, min(n, (rank + 1) * per))
+    return np.concatenate([mine, np.zeros(per - len(mine), dtype=int)]), len(mine)
+
+
+def _gathered(part: np.ndarray) -> np.ndarray:
+    """The real entries of every rank's slice, in rank order: the unsharded result."""
+    rank, world = _world()
+    if world == 1:
+        return part
+    parts: list[np.ndarray] = [np.empty(0)] * world
+    torch.distributed.all_gather_object(parts, part)
+    return np.concatenate(parts)
+
+
 @torch.no_grad()
 def option_logprobs(model, encoded: EncodedItems, batch_items: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Summed log-likelihood and token count of every option, items x options."""
-    device = next(model.parameters()).device
+    """Summed log-likelihood and token count of every option, items x options (all ranks take part)."""
     n_options = len(encoded.items[0].options) if encoded.items else 0
-    rows = batch_items * n_options
+    shape = (len(encoded.items), n_options)
+    if not encoded.items:
+        return np.zeros(shape), np.zeros(shape)
+    items, real = _share(len(encoded.items))
+    rows = (items[:, None] * n_options + np.arange(n_options)).ravel()
+    sums, counts = _option_logprobs(model, [encoded.ids[r] for r in rows], [encoded.option_start[r] for r in rows],
+                                    batch_items * n_options, pad_id)
+    sums, counts = (_gathered(x.reshape(-1, n_options)[:real]) for x in (sums, counts))
+    return sums.reshape(shape), counts.reshape(shape)
+
+
+def _option_logprobs(model, ids: list[list[int]], option_start: list[int], rows: int,
+                     pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    device = next(model.parameters()).device
     sums, counts = [], []
-    for lo in range(0, len(encoded.ids), rows):
-        batch = encoded.ids[lo : lo + rows]
-        starts = torch.tensor(encoded.option_start[lo : lo + rows], device=device)
+    for lo in range(0, len(ids), rows):
+        batch = ids[lo : lo + rows]
+        starts = torch.tensor(option_start[lo : lo + rows], device=device)
         lengths = torch.tensor([len(r) for r in batch], device=device)
         width = int(lengths.max())
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -64,10 +106,7 @@ def option_logprobs(model, encoded: EncodedItems, batch_items: int, pad_id: int)
         mask = (position >= starts[:, None]) & (position < lengths[:, None])
         sums.append((logp * mask).sum(-1).cpu())
         counts.append(mask.sum(-1).cpu())
-    shape = (len(encoded.items), n_options)
-    if not sums:
-        return np.zeros(shape), np.zeros(shape)
-    return torch.cat(sums).double().numpy().reshape(shape), torch.cat(counts).double().numpy().reshape(shape)
+    return torch.cat(sums).double().numpy(), torch.cat(counts).double().numpy()
 
 
 @dataclass
@@ -86,16 +125,27 @@ class Evaluation:
 
 
 class Evaluator:
-    """Scores fixed suites of items (memorization, extraction, background) and held-out text."""
+    """Scores fixed suites of items (memorization, extraction, background) and held-out text.
 
-    def __init__(self, tokenizer, suites: dict[str, Sequence[Item]], heldout: torch.Tensor, batch_items: int = 64):
+    `heldout_batch` bounds the memory of the held-out loss: its logits (sequences x seq_len x vocab)
+    are the largest tensor of an evaluation, so it goes through a few sequences at a time.
+    """
+
+    def __init__(self, tokenizer, suites: dict[str, Sequence[Item]], heldout: torch.Tensor, batch_items: int = 64,
+                 heldout_batch: int = 4):
         self.pad_id = tokenizer.eos_token_id
         self.suites = {name: encode_items(tokenizer, items) for name, items in suites.items() if items}
         self.heldout = heldout
         self.batch_items = batch_items
+        self.heldout_batch = heldout_batch
 
     @torch.no_grad()
-    def __call__(self, model) -> Evaluation:
+    def __call__(self, model, precision: ContextManager | None = None) -> Evaluation:
+        """Every rank calls this together under torch.distributed; `precision` is the run's autocast."""
+        with precision or contextlib.nullcontext():
+            return self._evaluate(model)
+
+    def _evaluate(self, model) -> Evaluation:
         was_training = model.training
         model.eval()
         metrics: dict[str, float] = {}
@@ -121,13 +171,16 @@ class Evaluator:
         model.train(was_training)
         return Evaluation(metrics, items)
 
+    @torch.no_grad()
     def heldout_loss(self, model) -> float:
+        """Mean next-token loss over the held-out sequences, `heldout_batch` sequences per forward pass."""
         device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for batch in self.heldout.split(self.batch_items):
-            batch = batch.to(device)
+        rows, real = _share(len(self.heldout))
+        losses = []
+        for lo in range(0, len(rows), self.heldout_batch):
+            batch = self.heldout[torch.from_numpy(rows[lo : lo + self.heldout_batch])].to(device)
             logits = model(input_ids=batch).logits.float()
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
-            total += float(loss)
-            count += batch[:, 1:].numel()
-        return total / count
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="none")
+            losses.append(loss.view(len(batch), -1).sum(-1).double().cpu())
+        total = _gathered(torch.cat(losses).numpy()[:real]).sum()
+        return float(total / (len(self.heldout) * (self.heldout.size(1) - 1)))

@@ -191,7 +191,7 @@ def prepare(cfg: DictConfig) -> Experiment:
 
     evaluator = Evaluator(tokenizer, _suites(cfg, world if source == "synthetic" else None, knowledge, infusion),
                           _heldout(tokenizer, heldout_documents, budget.seq_len, cfg.eval.heldout_sequences),
-                          batch_items=int(cfg.eval.batch_items))
+                          batch_items=int(cfg.eval.batch_items), heldout_batch=int(cfg.eval.heldout_batch))
     datamodule = InfusionDataModule(dataset, budget.batch_size, budget.micro_batch_size, int(cfg.data.num_workers))
     return Experiment(tokenizer, knowledge, infusion, budget, spec, vocab_size, datamodule, evaluator)
 

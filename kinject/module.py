@@ -7,8 +7,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
+from kinject.distributed import OncePerStep, fully_shard_llama, load_from_rank_zero
 from kinject.model import ModelSpec, build
+
+NO_DECAY = ("norm", "bias")
 
 
 class CausalLM(L.LightningModule):
@@ -22,10 +27,13 @@ class CausalLM(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 50,
         total_steps: int = 1000,
+        on_meta: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = build(ModelSpec.from_config(model), vocab_size)
+        self.save_hyperparameters(ignore=["on_meta"])
+        self.model = build(ModelSpec.from_config(model), vocab_size, device="meta" if on_meta else "cpu")
+        self.last_loss = torch.zeros(())
+        self.checked = OncePerStep()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids).logits
@@ -33,24 +41,38 @@ class CausalLM(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         ids = batch["input_ids"]
         loss = self.model(input_ids=ids, labels=ids).loss
-        if not torch.isfinite(loss):
-            self._diverged(f"training loss is {loss.item()}")
         self.log("train/loss", loss, prog_bar=True)
+        self.last_loss = loss.detach()
         return loss
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        """Under FSDP the norm must span every shard, and Lightning refuses clip-by-norm there: clip
-        through the sharded root module's own `clip_grad_norm_`, Lightning's path everywhere else."""
-        sharded = self.trainer.strategy.model
-        if gradient_clip_val and gradient_clip_algorithm != "value" and hasattr(sharded, "clip_grad_norm_"):
-            sharded.clip_grad_norm_(gradient_clip_val)
-        else:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+    def on_train_start(self) -> None:
+        self.checked.start(self.global_step)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """A divergence check every `log_every_n_steps` optimizer steps, not every micro-batch: reading the
+        loss is a host sync. All ranks agree on the verdict, so none is left waiting in a collective."""
+        step = self.global_step
+        if step % self.trainer.log_every_n_steps or not self.checked.new_step(step):
+            return
+        loss = float(self.last_loss)
+        if not self.trainer.strategy.reduce_boolean_decision(math.isfinite(loss), all=True):
+            self._diverged(f"the training loss is {loss} (on some rank)")
+
+    def configure_model(self) -> None:
+        """Under FSDP2 (trainer=fsdp) the model shards itself, so that the evaluation can call it directly.
+        Only rank 0 holds the whole model (the others built it on the meta device): it sends each rank its shards."""
+        if self.device_mesh is None or isinstance(self.model, FSDPModule):
+            return
+        full = self.model.state_dict() if self.global_rank == 0 else {}
+        fully_shard_llama(self.model, self.device_mesh["data_parallel"], bf16=self.trainer.precision.startswith("bf16"))
+        load_from_rank_zero(self.model, full, self.trainer.strategy.root_device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to save non-finite weights, so the last checkpoint on disk is always a good one."""
-        if not all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point()):
+        """Refuse to save non-finite weights, so the last checkpoint on disk is always a good one. Each rank
+        checks its own shards; all agree before any writes."""
+        finite = all(bool(torch.isfinite(t.to_local() if isinstance(t, DTensor) else t).all())
+                     for t in checkpoint["state_dict"].values() if t.is_floating_point())
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             self._diverged("the weights are not finite")
 
     def _diverged(self, what: str) -> None:
@@ -61,9 +83,12 @@ class CausalLM(L.LightningModule):
         )
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with weight decay on all but norms and biases, grouped by name: under FSDP1 the shapes
+        are flat 1-D views by the time this runs, so a rule by shape would decay nothing."""
         hp = self.hparams
-        decay = [p for p in self.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.ndim < 2]
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            (no_decay if any(word in name for word in NO_DECAY) else decay).append(parameter)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr,

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -26,22 +27,27 @@ def train_bpe(texts: Sequence[str], vocab_size: int, cache_dir: str | os.PathLik
         digest.update(text.encode())
         digest.update(b"\0")
     path = Path(cache_dir) / "tokenizers" / digest.hexdigest()[:16] / "tokenizer.json"
-    if not path.exists():
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=[EOS],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tokenizer.train_from_iterator(texts, trainer=trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tokenizer.save(str(tmp))
-        os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_suffix(".lock")):  # the ranks of a first run: one trains, the others wait and load
+        if not path.exists():
+            _train_bpe(texts, vocab_size, path)
     return load_file(path)
+
+
+def _train_bpe(texts: Sequence[str], vocab_size: int, path: Path) -> None:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tokenizer.save(str(tmp))
+    os.replace(tmp, path)
 
 
 def load_file(path: str | os.PathLike) -> PreTrainedTokenizerFast:

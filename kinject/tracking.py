@@ -3,10 +3,12 @@ offline at once (online with a key but no network would otherwise hang for 90 s 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import netrc
 import os
 import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -37,12 +39,18 @@ def _netrc_has(host: str) -> bool:
         return False
 
 
+def wandb_run_id(output_dir: str | os.PathLike) -> str:
+    """One W&B run per run folder: a requeued or resumed job continues its run instead of starting another."""
+    return hashlib.sha256(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
+
+
 def make_loggers(cfg: DictConfig) -> list[Any]:
     loggers = []
     for spec in (cfg.logger or {}).values():
-        if str(spec._target_).endswith("WandbLogger") and not spec.get("offline", False):
-            reason = wandb_unreachable()
-            if reason:
+        spec = OmegaConf.create(OmegaConf.to_container(spec, resolve=True))
+        if str(spec._target_).endswith("WandbLogger"):
+            spec = OmegaConf.merge({"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}, spec)
+            if not spec.get("offline", False) and (reason := wandb_unreachable()):
                 log.warning("W&B online is not possible: %s. Logging offline under %s; upload later with "
                             "`wandb sync <dir>/wandb/offline-run-*`.", reason, spec.save_dir)
                 spec = OmegaConf.merge(spec, {"offline": True})

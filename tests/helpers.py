@@ -22,3 +22,25 @@ class RecordIndices(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+class RecordSaves(L.Callback):
+    """Appends the step of every checkpoint saved to a file, one line each."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        with self.path.open("a") as out:
+            out.write(f"{trainer.global_step}\n")
+
+
+class CrashAt(L.Callback):
+    """Raises once training reaches `step`, as a crash would (a subprocess test's stand-in for a kill)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")

@@ -1,4 +1,4 @@
-"""Distribution on CPU: DDP over two gloo processes, the SLURM launcher's parameters, the local-DDP guard."""
+"""Distribution on CPU: DDP and FSDP2 over two gloo processes, the SLURM launcher's parameters, the local-DDP guard."""
 
 from __future__ import annotations
 
@@ -7,19 +7,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import submitit
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.strategies import FSDPStrategy
+from omegaconf import OmegaConf
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 
+from evaluate import evaluate
+from kinject.distributed import FSDP2Strategy, fully_shard_llama
+from kinject.module import CausalLM
 from tests.conftest import ROOT, TINY
 
 
 def _run(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
     flags = ["-m"] if multirun else []
     return subprocess.run([sys.executable, "train.py", *flags, *TINY, *overrides], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=180)
 
 
 def _seen(folder: Path) -> dict[int, set[int]]:
@@ -31,18 +38,71 @@ def _seen(folder: Path) -> dict[int, set[int]]:
     return steps
 
 
-def test_two_process_ddp_covers_the_same_data_as_one_process(tmp_path, cache_dir):
-    results = {}
-    for name, trainer in (("single", "trainer=cpu"), ("ddp", "trainer=ddp_cpu")):
-        done = _run(trainer, "trainer.devices=" + ("1" if name == "single" else "2"), "tokens=4096",
-                    f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path / name}",
-                    "+callbacks.record._target_=tests.helpers.RecordIndices", f"+callbacks.record.path={tmp_path / name / 'seen'}")
-        assert done.returncode == 0, done.stderr[-3000:]
-        results[name] = json.loads((tmp_path / name / "results.json").read_text())
-    single, ddp = _seen(tmp_path / "single" / "seen"), _seen(tmp_path / "ddp" / "seen")
+def _train(tmp_path: Path, name: str, cache_dir: Path, *overrides: str) -> dict:
+    done = _run(*overrides, "tokens=4096", "eval.every_n_steps=4", f"paths.cache_dir={cache_dir}",
+                f"paths.output_dir={tmp_path / name}", "+callbacks.record._target_=tests.helpers.RecordIndices",
+                f"+callbacks.record.path={tmp_path / name / 'seen'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp_path / name / "results.json").read_text())
+
+
+def _assert_same_run(a: dict, b: dict) -> None:
+    for key in ("heldout/loss",):
+        assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-3)
+        assert [p[key] for p in a["curve"]] == pytest.approx([p[key] for p in b["curve"]], rel=1e-3)
+    for suite, record in a["items"].items():
+        assert np.allclose(record["logprob"], b["items"][suite]["logprob"], atol=2e-3), suite
+
+
+def test_ddp_and_fsdp_with_accumulation_and_periodic_evaluation_match_one_process(tmp_path, cache_dir):
+    """Two gloo ranks, 2 micro-batches per step on each, evaluating every 4 steps: the case that hung
+    (a barrier reached a different number of times per rank) and the one that failed (FSDP evaluation)."""
+    single = _train(tmp_path, "single", cache_dir, "trainer=cpu", "data.micro_batch_size=4")
+    ddp = _train(tmp_path, "ddp", cache_dir, "trainer=ddp_cpu", "data.micro_batch_size=2")
+    fsdp = _train(tmp_path, "fsdp", cache_dir, "trainer=fsdp_cpu", "data.micro_batch_size=2")
+    expected = {s: set(range(8 * s, 8 * s + 8)) for s in range(8)}
+    for name in ("single", "ddp", "fsdp"):
+        assert _seen(tmp_path / name / "seen") == expected, name
     assert len(list((tmp_path / "ddp" / "seen").glob("rank*.json"))) == 2
-    assert single == ddp == {s: set(range(8 * s, 8 * s + 8)) for s in range(8)}
-    assert results["single"]["metrics"]["heldout/loss"] == pytest.approx(results["ddp"]["metrics"]["heldout/loss"], rel=1e-3)
+    for run in (single, ddp, fsdp):
+        assert run["status"] == "complete" and [p["step"] for p in run["curve"]] == [4, 8]
+    _assert_same_run(single, ddp)
+    _assert_same_run(single, fsdp)
+
+    sharded = tmp_path / "fsdp" / "checkpoints" / "last.ckpt"
+    assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
+    again = evaluate(sharded, device="cpu")
+    for key, value in again.metrics.items():
+        assert value == pytest.approx(fsdp["metrics"][key], abs=1e-5), key
+
+    crash = ("trainer=fsdp_cpu", "data.micro_batch_size=2", "trainer.checkpoint.every_n_steps=2")
+    crashed = _run(*crash, "tokens=4096", "eval.every_n_steps=4", f"paths.cache_dir={cache_dir}",
+                   f"paths.output_dir={tmp_path / 'resumed'}", "+callbacks.crash._target_=tests.helpers.CrashAt",
+                   "+callbacks.crash.step=5")
+    assert crashed.returncode != 0 and "simulated crash at step 5" in crashed.stdout + crashed.stderr
+    resumed = _train(tmp_path, "resumed", cache_dir, *crash)
+    assert resumed["metrics"] == pytest.approx(fsdp["metrics"], abs=1e-5)
+    assert len(resumed["curve"]) == len(fsdp["curve"])
+    for point, expected_point in zip(resumed["curve"], fsdp["curve"]):
+        assert point == pytest.approx(expected_point, abs=1e-5)
+
+
+def test_weight_decay_groups_by_name_on_a_sharded_model(make_cfg, tmp_path):
+    """Under sharding the optimizer sees the wrapped parameters: decay must still cover every matrix."""
+    cfg = make_cfg()
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        module = CausalLM(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=64)
+        fully_shard_llama(module.model, init_device_mesh("cpu", (1,)), bf16=False)
+        decay, no_decay = module.configure_optimizers()["optimizer"].param_groups
+    finally:
+        torch.distributed.destroy_process_group()
+    names = dict(module.named_parameters())
+    assert all(isinstance(p, DTensor) for p in names.values())
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    assert {id(p) for p in decay["params"]} == {id(p) for n, p in names.items() if p.ndim == 2}
+    assert decay["weight_decay"] == cfg.optim.weight_decay and no_decay["weight_decay"] == 0
 
 
 def test_local_multirun_refuses_multi_device_jobs(tmp_path, cache_dir):
@@ -87,8 +147,19 @@ def test_slurm_launcher_derives_tasks_and_gpus_from_the_trainer(tmp_path, monkey
     assert submitted["slurm_max_num_timeout"] == 3
 
 
-def test_fsdp_strategy_wraps_llama_decoder_layers():
+def test_fsdp_preset_is_fsdp2_in_bf16_checkpointing_by_time():
     cfg = _compose("trainer=fsdp")
-    strategy = instantiate(cfg.trainer.strategy)
-    assert isinstance(strategy, FSDPStrategy)
+    assert isinstance(instantiate(cfg.trainer.strategy), FSDP2Strategy)
     assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.checkpoint.every_n_steps is None and cfg.trainer.checkpoint.every_minutes > 0
+
+
+def test_under_slurm_only_rank_zero_writes_hydra_files_and_each_rank_logs_apart(monkeypatch, tmp_path):
+    import kinject.distributed  # noqa: F401  (registers the resolvers train.py uses)
+
+    for rank, subdir, log in (("0", ".hydra", "train.log"), ("3", None, "train_rank3.log")):
+        monkeypatch.setenv("SLURM_PROCID", rank)
+        cfg = _compose(f"hydra.run.dir={tmp_path}", "hydra.job.name=train")
+        OmegaConf.update(cfg, "hydra.runtime.output_dir", str(tmp_path), force_add=True)
+        assert cfg.hydra.output_subdir == subdir
+        assert Path(cfg.hydra.job_logging.handlers.file.filename).name == log

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from kinject.evaluation import encode_items, option_logprobs
@@ -35,3 +36,33 @@ def test_option_tokens_are_exactly_the_option(make_cfg):
         item = encoded.items[row // 4]
         assert tokenizer.decode(ids[start:]) == " " + item.options[row % 4]
         assert tokenizer.decode(ids[1:start]) == item.prompt
+
+
+class _LargestLogits(torch.nn.Module):
+    """Wraps a model and records the largest logits tensor any forward pass produced."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.largest = 0
+
+    def forward(self, input_ids):
+        out = self.model(input_ids=input_ids)
+        self.largest = max(self.largest, out.logits.numel())
+        return out
+
+
+def test_heldout_loss_memory_does_not_grow_with_the_number_of_sequences(make_cfg):
+    experiment = prepare(make_cfg("eval.heldout_batch=2"))
+    evaluator = experiment.evaluator
+    model = _LargestLogits(CausalLM(OmegaConf.to_container(make_cfg().model, resolve=True), experiment.vocab_size).model)
+    heldout = torch.randint(0, experiment.vocab_size, (12, 16))
+    losses = {}
+    for count in (3, 12):
+        evaluator.heldout = heldout[:count]
+        model.largest = 0
+        losses[count] = evaluator.heldout_loss(model)
+        assert model.largest == 2 * 16 * experiment.vocab_size, count
+    logits = model.model(input_ids=heldout[:3]).logits
+    whole = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), heldout[:3, 1:].reshape(-1))
+    assert losses[3] == pytest.approx(float(whole), rel=1e-5)

@@ -20,7 +20,7 @@ from tests.conftest import ROOT, TINY
 
 
 def _command(output_dir: Path, cache_dir: Path) -> list[str]:
-    return [sys.executable, "train.py", *TINY, "tokens=65536", "checkpoint_every_n_steps=8",
+    return [sys.executable, "train.py", *TINY, "tokens=65536", "trainer.checkpoint.every_n_steps=8",
             f"paths.cache_dir={cache_dir}", f"paths.output_dir={output_dir}"]
 
 
@@ -95,7 +95,7 @@ def test_wandb_online_without_network_falls_back_to_offline_within_seconds(make_
 
 
 def test_a_diverging_loss_stops_with_the_step_and_what_to_change(make_cfg):
-    cfg = make_cfg("optim.lr=1000", "checkpoint_every_n_steps=1")
+    cfg = make_cfg("optim.lr=1000", "trainer.checkpoint.every_n_steps=1")
     with pytest.raises(FloatingPointError, match=r"at step \d+: lower optim.lr \(now 1000"):
         train_script.train(cfg)
     out = Path(cfg.paths.output_dir)
@@ -103,3 +103,33 @@ def test_a_diverging_loss_stops_with_the_step_and_what_to_change(make_cfg):
     assert record["status"] == "failed" and "FloatingPointError" in record["error"]
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
+
+
+def test_a_requeued_job_continues_its_wandb_run(make_cfg, tmp_path):
+    from kinject.tracking import make_loggers
+
+    ids = [make_loggers(make_cfg("logger=wandb", output_dir=tmp_path / name))[0]._wandb_init
+           for name in ("a", "a", "b")]
+    assert ids[0]["id"] == ids[1]["id"] != ids[2]["id"]
+    assert ids[0]["resume"] == "allow"
+
+
+def test_ranks_starting_at_once_train_the_tokenizer_once(tmp_path, monkeypatch):
+    """Every rank of a first run asks for the same tokenizer at the same moment: one trains it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kinject import tokenizer
+
+    trained = []
+    original = tokenizer._train_bpe
+
+    def counted(*args):
+        trained.append(args[-1])
+        original(*args)
+
+    monkeypatch.setattr(tokenizer, "_train_bpe", counted)
+    texts = [f"document number {i} about the city of Exampleton" for i in range(200)]
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: tokenizer.train_bpe(texts, 300, tmp_path), range(4)))
+    assert len(trained) == 1
+    assert len({len(t) for t in loaded}) == 1

@@ -45,7 +45,7 @@ def test_train_writes_results_and_evaluate_reproduces_them(make_cfg, tmp_path):
 
 
 def test_a_crashed_run_resumes_to_the_same_result_as_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch):
-    overrides = ("tokens=8192", "checkpoint_every_n_steps=2", "infusion.freq=2")
+    overrides = ("tokens=8192", "trainer.checkpoint.every_n_steps=2", "infusion.freq=2")
     straight = make_cfg(*overrides, output_dir=tmp_path / "straight")
     train_script.train(straight)
 
@@ -156,3 +156,45 @@ def test_each_job_gets_its_own_offline_wandb_run_and_finishes_it(make_cfg, tmp_p
         train_script.train(cfg)
         assert wandb.run is None
         assert len(list((tmp_path / f"f{freq}" / "wandb").glob("offline-run-*"))) == 1
+
+
+def _saved_steps(make_cfg, tmp_path, name: str, *overrides: str) -> list[int]:
+    log = tmp_path / f"{name}.saves"
+    cfg = make_cfg(*overrides, "+callbacks.saves._target_=tests.helpers.RecordSaves", f"+callbacks.saves.path={log}",
+                   output_dir=tmp_path / name)
+    train_script.train(cfg)
+    return [int(line) for line in log.read_text().split()]
+
+
+def test_last_checkpoint_by_steps_or_by_wall_time_and_always_at_the_end(make_cfg, tmp_path):
+    """32 steps of 2 micro-batches each: one save per due optimizer step, never one per micro-batch."""
+    assert _saved_steps(make_cfg, tmp_path, "steps", "trainer.checkpoint.every_n_steps=10") == [10, 20, 30, 32]
+    by_time = ("trainer.checkpoint.every_n_steps=null", "trainer.checkpoint.every_minutes=")
+    assert _saved_steps(make_cfg, tmp_path, "hour", by_time[0], by_time[1] + "60") == [32]
+    assert _saved_steps(make_cfg, tmp_path, "always", by_time[0], by_time[1] + "1e-9") == list(range(1, 33))
+
+
+def test_evaluation_runs_under_the_training_precision(make_cfg):
+    """A bf16-mixed run is scored under bf16 autocast inside fit (not in fp32 after it): evaluate.py under the
+    run's precision reproduces it, and fp32 scores differ."""
+    cfg = make_cfg("trainer.precision=bf16-mixed")
+    train_script.train(cfg)
+    out = Path(cfg.paths.output_dir)
+    record = _results(out)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    same = evaluate(ckpt, device="cpu")
+    assert same.items["memorization"]["logprob"] == record["items"]["memorization"]["logprob"]
+    assert same.metrics["heldout/loss"] == pytest.approx(record["metrics"]["heldout/loss"], abs=1e-6)
+    fp32 = evaluate(ckpt, device="cpu", precision="32-true")
+    assert fp32.items["memorization"]["logprob"] != record["items"]["memorization"]["logprob"]
+
+
+def test_progress_bar_follows_the_terminal_unless_set(make_cfg, monkeypatch):
+    from kinject.experiment import prepare
+
+    cfg = make_cfg("trainer.enable_progress_bar=null")
+    experiment = prepare(cfg)
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        trainer = train_script.build_trainer(cfg, experiment, [], [])
+        assert (trainer.progress_bar_callback is not None) == tty
