@@ -12,14 +12,12 @@ there is one, under the run's own precision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
-
-import contextlib
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import hydra
 import torch
@@ -28,11 +26,11 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from kinject import results
 from kinject.errors import ConfigError
-from kinject.evaluation import Evaluation
-from kinject.experiment import Experiment, prepare
-from kinject.module import CausalLM
+from kinject.evaluation.scoring import Evaluation
+from kinject.files import write_json_atomic
+from kinject.run.experiment import Experiment, prepare
+from kinject.training.lightning_module import CausalLM
 
 log = logging.getLogger("kinject")
 CONFIG_FILE = "kinject_config.json"
@@ -98,7 +96,7 @@ def main(cfg: DictConfig) -> None:
     for key, value in sorted(evaluation.metrics.items()):
         print(f"{key:28s} {value:.4f}")
     if cfg.out:
-        path = results.write_json_atomic(cfg.out, {"ckpt": str(cfg.ckpt), "metrics": evaluation.metrics,
+        path = write_json_atomic(cfg.out, {"ckpt": str(cfg.ckpt), "metrics": evaluation.metrics,
                                                    "items": evaluation.items})
         print(f"written: {path}")
 

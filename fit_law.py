@@ -16,10 +16,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kinject.law import FitError, analyse
-from kinject.law_report import log_wandb, plot_fits, plot_law, render, to_json
-from kinject.results_table import (DEFAULT_METRIC, PARAMS, Table, TableError, load_csv, load_runs, load_wandb,
-                                   merge, params_definition, to_groups)
+from kinject.law.analysis import analyse
+from kinject.law.curves import FitError
+from kinject.law.report import log_wandb, plot_fits, plot_law, render, to_json
+from kinject.law.runs import (DEFAULT_METRIC, PARAMS, Table, TableError, load_csv, load_runs, load_wandb, merge,
+                              params_definition, to_groups)
 
 
 def target(text: str) -> tuple[float, float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,21 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from kinject import results
-from kinject.callbacks import ConfigInCheckpoint, LastCheckpoint, StepProgressBar, TokensPerSecond, TrainingEvaluation
-from kinject.checkpoint import AtomicCheckpointIO
 from kinject.errors import ConfigError
-from kinject.distributed import FSDP2Strategy, guard_local_ddp
-from kinject.experiment import Experiment, prepare
-from kinject.model import count_params, flops_per_token
-from kinject.module import CausalLM
-from kinject.throughput import MFUMonitor
-from kinject.tracking import make_loggers
+from kinject.run.experiment import Experiment, prepare
+from kinject.run.tracking import make_loggers
+from kinject.training.callbacks import (
+    ConfigInCheckpoint,
+    LastCheckpoint,
+    StepProgressBar,
+    TokensPerSecond,
+    TrainingEvaluation,
+)
+from kinject.training.checkpoint import AtomicCheckpointIO
+from kinject.training.distributed import FSDP2Strategy, guard_local_ddp
+from kinject.training.lightning_module import CausalLM
+from kinject.training.model import count_params, flops_per_token
+from kinject.training.throughput import MFUMonitor
 
 log = logging.getLogger("kinject")
 
@@ -79,9 +84,9 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callba
 def train(cfg: DictConfig) -> float | tuple[float, ...]:
     """Trains one run, writes its results file and returns `cfg.metric` (a list of keys gives a tuple)."""
     output_dir = Path(cfg.paths.output_dir)
-    done = _complete_results(output_dir) if cfg.skip_complete else None
+    done = results.complete_at(output_dir) if cfg.skip_complete else None
     if done is not None:
-        log.info("already complete, skipped: %s", output_dir / results.FILENAME)
+        log.info("already complete, skipped: %s", done.path)
         return _returned(cfg, done["metrics"])
     started = time.perf_counter()
     if cfg.threads:
@@ -94,7 +99,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     config = OmegaConf.to_container(cfg, resolve=True)
 
     budget = experiment.budget
-    evaluation = TrainingEvaluation(experiment.evaluator, int(cfg.eval.every_n_steps), budget.batch_size * budget.seq_len)
+    evaluation = TrainingEvaluation(experiment.evaluator, int(cfg.eval.every_n_steps), budget.tokens_per_step)
     last = output_dir / "checkpoints" / "last.ckpt"
     loggers = make_loggers(cfg)
     trainer = build_trainer(cfg, experiment, loggers, [
@@ -104,16 +109,14 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     ])
     module = build_module(cfg, experiment, on_meta=isinstance(trainer.strategy, FSDP2Strategy) and trainer.global_rank > 0)
     params_total, params_non_embedding = count_params(module.model)
-    record: dict[str, Any] = {
-        "schema": results.SCHEMA,
-        "status": "running",
-        "run": {"name": cfg.run_name or "default", "sweep": cfg.sweep, "seed": int(cfg.seed), "output_dir": str(output_dir)},
-        "model": {"name": cfg.model.name, "params_total": params_total, "params_non_embedding": params_non_embedding},
-        "budget": {"tokens": budget.sequences * budget.seq_len, "seq_len": budget.seq_len,
-                   "batch_size": budget.batch_size, "steps": budget.steps},
-        "infusion": experiment.summary(),
-        "config": config,
-    }
+    record = results.RunRecord.start(
+        output_dir,
+        run={"name": cfg.run_name or "default", "sweep": cfg.sweep, "seed": int(cfg.seed), "output_dir": str(output_dir)},
+        model={"name": cfg.model.name, "params_total": params_total, "params_non_embedding": params_non_embedding},
+        budget=budget.summary(),
+        infusion=experiment.summary(),
+        config=config,
+    )
     _announce(experiment, record)
     outcome = "failed"
     try:
@@ -127,32 +130,20 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         filtered = experiment.datamodule.filter_stats().as_dict()
         metrics = {**final.metrics, "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
         per_relation = final.per_relation()
-        record.update(status="complete", metrics=metrics, per_relation=per_relation, filter=filtered,
-                      curve=evaluation.curve, items=final.items)
         record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
         if trainer.is_global_zero:
             _log_final(loggers, final.metrics, per_relation, trainer.global_step)
-            path = results.write_json_atomic(output_dir / results.FILENAME, record)
+            path = record.complete(metrics=metrics, per_relation=per_relation, filter=filtered, curve=evaluation.curve,
+                                   items=final.items)
             log.info("%s | results: %s | checkpoint: %s", _headline(metrics), path, last)
         outcome = "success"
     except Exception as error:
         if trainer.is_global_zero:
-            frame = traceback.extract_tb(error.__traceback__)[-1]
-            record.update(status="failed", error=f"{type(error).__name__}: {error}",
-                          where=f"{frame.filename}:{frame.lineno}")
-            results.write_json_atomic(output_dir / results.FILENAME, record)
+            record.fail(error)
         raise
     finally:
         _close(loggers, outcome)
     return _returned(cfg, metrics)
-
-
-def _complete_results(output_dir: Path) -> dict[str, Any] | None:
-    path = output_dir / results.FILENAME
-    if not path.exists():
-        return None
-    record = results.read(path)
-    return record if record["status"] == "complete" else None
 
 
 def _returned(cfg: DictConfig, metrics: dict[str, float]) -> float | tuple[float, ...]:
@@ -161,7 +152,7 @@ def _returned(cfg: DictConfig, metrics: dict[str, float]) -> float | tuple[float
     return metrics[cfg.metric]
 
 
-def _announce(experiment: Experiment, record: dict[str, Any]) -> None:
+def _announce(experiment: Experiment, record: results.RunRecord) -> None:
     m, b, i = record["model"], record["budget"], record["infusion"]
     log.info("model %s: %.2fM parameters (%.2fM non-embedding), vocab %d", m["name"], m["params_total"] / 1e6,
              m["params_non_embedding"] / 1e6, experiment.vocab_size)

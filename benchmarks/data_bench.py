@@ -25,8 +25,9 @@ import torch  # noqa: E402
 from filter_bench import english_documents  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from kinject.data import StepBatches, StepSampler, encode_documents  # noqa: E402
-from kinject.experiment import prepare  # noqa: E402
+from kinject.data.tokenizer import encode_documents  # noqa: E402
+from kinject.infusion.sequences import StepBatches, StepSampler  # noqa: E402
+from kinject.run.experiment import prepare  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -15,12 +15,12 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-
-import numpy as np
 from pydoc_data.topics import topics
 
-from kinject.filtering import MentionFilter
-from kinject.knowledge import Fact
+import numpy as np
+
+from kinject.data.filtering import MentionFilter
+from kinject.knowledge.facts import Fact
 
 
 def paragraphs() -> list[str]:

@@ -1,8 +1,9 @@
 """Wall time of the full fit_law analysis: 5 models x 8 frequencies, 2000 bootstrap resamples.
 
 Simulated sweep (250 facts per run, per-item outcomes, F* on a known law); the timed part is
-kinject.law.analyse: both P(F) forms per model, the item bootstrap, the cross-size law with its
-two-level bootstrap, the E = 0 comparison, variable projection, a prediction and the rollout.
+kinject.law.analysis.analyse: both P(F) forms per model, the item bootstrap, the cross-size law
+with its two-level bootstrap, the E = 0 comparison, variable projection, a prediction and the
+rollout.
 
     python benchmarks/fit_law_bench.py [--bootstrap 2000] [--repeats 3]
 """
@@ -14,7 +15,8 @@ import time
 
 import numpy as np
 
-from kinject.law import Group, analyse, simulate_curve
+from kinject.law.analysis import analyse
+from kinject.law.curves import Group, simulate_curve
 
 PARAMS = np.array([1, 2, 4, 8, 16]) * 1e6
 TOKENS = 1e8

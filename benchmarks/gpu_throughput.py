@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from _common import config
 
-from kinject.experiment import prepare
-from kinject.throughput import OptimizerStepTimer, mfu, peak_flops
+from kinject.run.experiment import prepare
+from kinject.training.throughput import OptimizerStepTimer, mfu, peak_flops
 from train import build_module, build_trainer
 
 WARMUP = 10
@@ -36,7 +36,7 @@ def main() -> None:
     timer = OptimizerStepTimer()
     build_trainer(cfg, experiment, [], [timer]).fit(module, datamodule=experiment.datamodule)
     budget = experiment.budget
-    tokens_per_s = timer.tokens_per_s(budget.batch_size * budget.seq_len, WARMUP)
+    tokens_per_s = timer.tokens_per_s(budget.tokens_per_step, WARMUP)
     flops_per_token = module.flops_per_batch / (budget.micro_batch_size * budget.seq_len)
     print(f"{name} | model {cfg.model.name} | seq {budget.seq_len} | batch {budget.batch_size} "
           f"(micro {budget.micro_batch_size}, accumulation {budget.accumulation}) | precision {cfg.trainer.precision} "

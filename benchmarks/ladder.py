@@ -11,7 +11,7 @@ import argparse
 
 from _common import ROOT, config
 
-from kinject.model import ModelSpec, build, count_params, flops_per_token
+from kinject.training.model import ModelSpec, build, count_params, flops_per_token
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ import torch
 from _common import config
 from omegaconf import OmegaConf
 
-from kinject.evaluation import option_logprobs
-from kinject.experiment import prepare
-from kinject.module import CausalLM
+from kinject.evaluation.scoring import option_logprobs
+from kinject.run.experiment import prepare
+from kinject.training.lightning_module import CausalLM
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ import lightning as L
 import torch
 from _common import config
 
-from kinject.experiment import Experiment, prepare
-from kinject.module import CausalLM
+from kinject.run.experiment import Experiment, prepare
+from kinject.training.lightning_module import CausalLM
 from train import build_module, build_trainer
 
 

@@ -1,7 +1,9 @@
 """The per-run results file: the source of truth that fit_law.py reads (W&B only mirrors it).
 
 Schema `kinject.results/1` (documented in the README): status, run, model, budget, infusion,
-metrics, curve, items (per-item outcomes per suite) and the full resolved config.
+metrics, curve, items (per-item outcomes per suite) and the full resolved config. A record is
+started, completed or failed, and read here alone; `complete_runs` is the one definition of which
+runs count, shared by train.py (skip what is done), this module's CSV and fit_law.py.
 `python -m kinject.results FOLDER... > runs.csv` flattens the complete runs below folders into a table.
 """
 
@@ -11,35 +13,85 @@ import csv
 import json
 import os
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
+
+from kinject.files import write_json_atomic
 
 SCHEMA = "kinject.results/1"
 FILENAME = "results.json"
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write to a temporary file and rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(payload, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+@dataclass
+class RunRecord:
+    path: Path
+    data: dict[str, Any]
+
+    @classmethod
+    def start(cls, output_dir: str | os.PathLike, **sections: Any) -> RunRecord:
+        """A running record (in memory until it completes or fails) with its run, model, budget, ... sections."""
+        return cls(Path(output_dir) / FILENAME, {"schema": SCHEMA, "status": "running", **sections})
+
+    def complete(self, **sections: Any) -> Path:
+        """Writes the record as complete with its metrics, curve, items, ..."""
+        self.data.update(status="complete", **sections)
+        return write_json_atomic(self.path, self.data)
+
+    def fail(self, error: BaseException) -> Path:
+        """Writes the record as failed, with the error and the line that raised it."""
+        frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        self.data.update(status="failed", error=f"{type(error).__name__}: {error}",
+                         where=f"{frame.filename}:{frame.lineno}" if frame else "")
+        return write_json_atomic(self.path, self.data)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> RunRecord:
+        with open(path) as handle:
+            data = json.load(handle)
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"{path}: expected a {SCHEMA} results file, got schema {data.get('schema')!r}")
+        return cls(Path(path), data)
+
+    @property
+    def status(self) -> str:
+        return self.data["status"]
+
+    def __getitem__(self, section: str) -> Any:
+        return self.data[section]
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path) as handle:
-        payload = json.load(handle)
-    if payload.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: expected a {SCHEMA} results file, got schema {payload.get('schema')!r}")
-    return payload
+    """The contents of a results file, its schema checked."""
+    return RunRecord.read(path).data
+
+
+def _usable(path: Path) -> RunRecord | str:
+    """The record if the run is complete, else why it does not count."""
+    try:
+        record = RunRecord.read(path)
+    except (OSError, ValueError) as error:
+        return f"{path}: unreadable ({error})"
+    return record if record.status == "complete" else f"{path}: status {record.status!r}, not complete"
+
+
+def complete_at(output_dir: str | os.PathLike) -> RunRecord | None:
+    """The run folder's record when that run is complete."""
+    path = Path(output_dir) / FILENAME
+    found = _usable(path) if path.exists() else None
+    return found if isinstance(found, RunRecord) else None
+
+
+def scan(folders: Iterable[str | os.PathLike]) -> Iterator[RunRecord | str]:
+    """Every results file below the folders, in path order: its record when complete, else why it is skipped."""
+    for folder in folders:
+        for path in sorted(Path(folder).rglob(FILENAME)):
+            yield _usable(path)
+
+
+def complete_runs(folders: Iterable[str | os.PathLike]) -> Iterator[RunRecord]:
+    return (found for found in scan(folders) if isinstance(found, RunRecord))
 
 
 COLUMNS = ("model", "params_total", "params_non_embedding", "tokens", "freq", "format", "paraphrase", "seed",
@@ -48,8 +100,7 @@ COLUMNS = ("model", "params_total", "params_non_embedding", "tokens", "freq", "f
 
 def table(folders: list[str | os.PathLike]) -> tuple[list[str], list[list[Any]]]:
     """One row per complete run below the folders: its identity, then every metric (a CSV for people)."""
-    records = [read(p) for folder in folders for p in sorted(Path(folder).rglob(FILENAME))]
-    records = [r for r in records if r["status"] == "complete"]
+    records = list(complete_runs(folders))
     metrics = sorted({key for r in records for key in r["metrics"]})
     rows = [[r["model"]["name"], r["model"]["params_total"], r["model"]["params_non_embedding"], r["budget"]["tokens"],
              r["infusion"]["freq"], r["infusion"]["format"], r["infusion"]["paraphrase"], r["run"]["seed"],

@@ -9,16 +9,21 @@ must fit the budget, a batch that must divide over the devices) live where those
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from kinject.data.sources import BACKGROUND_SOURCES
 from kinject.errors import ConfigError
-from kinject.evaluation import SCORINGS
-from kinject.infusion import FORMATS, PARAPHRASES
+from kinject.evaluation.scoring import SCORINGS
+from kinject.evaluation.suites import SUITES
+from kinject.infusion.formats import FORMATS, PARAPHRASES
+from kinject.knowledge.sources import KNOWLEDGE_SOURCES
 
-SUITES = ("memorization", "extraction", "background")
-METRICS = tuple(f"{suite}/acc_{scoring}" for suite in SUITES for scoring in SCORINGS) + ("heldout/loss", "train/loss")
+def metrics() -> tuple[str, ...]:
+    """The values `metric` accepts: every registered suite's accuracies, the held-out and training loss."""
+    return tuple(f"{suite}/acc_{scoring}" for suite in SUITES.names() for scoring in SCORINGS) + ("heldout/loss",
+                                                                                                  "train/loss")
 _ABSENT = object()
 
 
@@ -29,12 +34,13 @@ class Rule:
     low: float | None = None
     high: float | None = None
     low_open: bool = False
-    choices: tuple[Any, ...] = ()
+    choices: tuple[Any, ...] | Callable[[], tuple[Any, ...]] = ()  # a callable: names read from a registry
     nullable: bool = False
+    many: bool = False  # a list of such values is accepted too
 
     def expected(self) -> str:
         if self.choices:
-            return f"one of {', '.join(map(str, self.choices))}" + (" or null" if self.nullable else "")
+            return f"one of {', '.join(map(str, self.options()))}" + (" or null" if self.nullable else "")
         kind = "an integer" if self.kind is int else "a number"
         bounds = []
         if self.low is not None:
@@ -43,11 +49,14 @@ class Rule:
             bounds.append(f"<= {self.high:g}")
         return f"{kind} {' and '.join(bounds)}".strip() + (" or null" if self.nullable else "")
 
+    def options(self) -> tuple[Any, ...]:
+        return self.choices() if callable(self.choices) else self.choices
+
     def check(self, value: Any) -> None:
         if value is None and self.nullable:
             return
         if self.choices:
-            if value not in self.choices:
+            if value not in self.options():
                 raise ConfigError(self.key, self.expected(), value)
             return
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -65,7 +74,10 @@ RULES = (
     Rule("float32_matmul_precision", str, choices=("highest", "high", "medium")),
     Rule("trainer.checkpoint.every_n_steps", int, 1, nullable=True),
     Rule("trainer.checkpoint.every_minutes", float, 0, low_open=True, nullable=True),
-    Rule("metric", str, choices=METRICS),
+    Rule("metric", str, choices=metrics, many=True),
+    Rule("data.source", str, choices=BACKGROUND_SOURCES.names),
+    Rule("knowledge.source", str, choices=KNOWLEDGE_SOURCES.names),
+    Rule("eval.suites", str, choices=SUITES.names, many=True),
     Rule("data.seq_len", int, 8),
     Rule("data.batch_size", int, 1),
     Rule("data.micro_batch_size", int, 1),
@@ -79,7 +91,7 @@ RULES = (
     Rule("knowledge.num_facts", int, 1),
     Rule("knowledge.seed", int, 0),
     Rule("infusion.freq", int, 0),
-    Rule("infusion.format", str, choices=FORMATS),
+    Rule("infusion.format", str, choices=FORMATS.names),
     Rule("infusion.paraphrase", str, choices=PARAPHRASES),
     Rule("infusion.seed", int, 0),
     Rule("infusion.max_share", float, 0, 1, low_open=True),
@@ -109,12 +121,12 @@ RULES = (
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raises ConfigError for the first value that breaks its rule; a metric list is checked item by item."""
+    """Raises ConfigError for the first value that breaks its rule; a list is checked item by item where allowed."""
     for rule in RULES:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
         if value is _ABSENT:
             continue
-        for item in value if OmegaConf.is_list(value) and rule.key == "metric" else [value]:
+        for item in value if OmegaConf.is_list(value) and rule.many else [value]:
             rule.check(item)
 
 

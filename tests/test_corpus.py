@@ -11,11 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kinject.corpus import Corpus, LaneStream
+from kinject.data.background import LaneStream
+from kinject.data.corpus import Corpus
 from kinject.errors import ConfigError
-from kinject.experiment import prepare
-from kinject.show_batch import show
+from kinject.run.experiment import prepare
+from kinject.run.show_batch import show
 from tests.corpus_files import ROW_GROUPS, ROWS_PER_GROUP, documents, local, write_jsonl
+
 
 def lane_documents(stream: LaneStream, tokenizer, lane: int, chunks: int) -> list[str]:
     """A lane's text over its first chunks, split at EOS into documents."""

@@ -18,8 +18,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from evaluate import evaluate
-from kinject.distributed import FSDP2Strategy, fully_shard_llama
-from kinject.module import CausalLM
+from kinject.training.distributed import FSDP2Strategy, fully_shard_llama
+from kinject.training.lightning_module import CausalLM
 from tests.conftest import ROOT, TINY
 
 
@@ -155,7 +155,7 @@ def test_fsdp_preset_is_fsdp2_in_bf16_checkpointing_by_time():
 
 
 def test_under_slurm_only_rank_zero_writes_hydra_files_and_each_rank_logs_apart(monkeypatch, tmp_path):
-    import kinject.distributed  # noqa: F401  (registers the resolvers train.py uses)
+    import kinject.training.distributed  # noqa: F401  (registers the resolvers train.py uses)
 
     for rank, subdir, log in (("0", ".hydra", "train.log"), ("3", None, "train_rank3.log")):
         monkeypatch.setenv("SLURM_PROCID", rank)

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-
-from kinject.evaluation import encode_items, option_logprobs
-from kinject.experiment import prepare
-from kinject.module import CausalLM
 from omegaconf import OmegaConf
+
+from kinject.evaluation.scoring import encode_items, option_logprobs
+from kinject.run.experiment import prepare
+from kinject.training.lightning_module import CausalLM
 
 
 def _one_pass_per_option(model, encoded) -> np.ndarray:

@@ -15,7 +15,8 @@ import torch
 
 import train as train_script
 from kinject import results
-from kinject.checkpoint import AtomicCheckpointIO
+from kinject.files import write_json_atomic
+from kinject.training.checkpoint import AtomicCheckpointIO
 from tests.conftest import ROOT, TINY
 
 
@@ -67,7 +68,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, mon
 
 
 def test_a_crash_while_writing_results_keeps_the_previous_file(tmp_path, monkeypatch):
-    path = results.write_json_atomic(tmp_path / "results.json", {"schema": results.SCHEMA, "status": "complete"})
+    path = write_json_atomic(tmp_path / "results.json", {"schema": results.SCHEMA, "status": "complete"})
 
     def dies_halfway(payload, handle, **kwargs):
         handle.write('{"schema": "kinj')
@@ -75,7 +76,7 @@ def test_a_crash_while_writing_results_keeps_the_previous_file(tmp_path, monkeyp
 
     monkeypatch.setattr(json, "dump", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        results.write_json_atomic(path, {"schema": results.SCHEMA, "status": "running"})
+        write_json_atomic(path, {"schema": results.SCHEMA, "status": "running"})
     monkeypatch.undo()
     assert results.read(path)["status"] == "complete"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
@@ -106,7 +107,7 @@ def test_a_diverging_loss_stops_with_the_step_and_what_to_change(make_cfg):
 
 
 def test_a_requeued_job_continues_its_wandb_run(make_cfg, tmp_path):
-    from kinject.tracking import make_loggers
+    from kinject.run.tracking import make_loggers
 
     ids = [make_loggers(make_cfg("logger=wandb", output_dir=tmp_path / name))[0]._wandb_init
            for name in ("a", "a", "b")]
@@ -118,7 +119,7 @@ def test_ranks_starting_at_once_train_the_tokenizer_once(tmp_path, monkeypatch):
     """Every rank of a first run asks for the same tokenizer at the same moment: one trains it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from kinject import tokenizer
+    from kinject.data import tokenizer
 
     trained = []
     original = tokenizer._train_bpe

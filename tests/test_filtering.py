@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from kinject.corpus import LanePosition
+from kinject.data.background import LanePosition
+from kinject.data.filtering import MentionFilter
 from kinject.errors import ConfigError
-from kinject.experiment import prepare
-from kinject.filtering import MentionFilter
-from kinject.knowledge import Fact
+from kinject.knowledge.facts import Fact
+from kinject.run.experiment import prepare
 from tests.corpus_files import documents, local, write_parquet
 
 FACTS = [Fact(0, "Paris", "P36", "Lutetia"), Fact(1, "New York", "P19", "Ann Lee"), Fact(2, "Li", "P27", "China")]

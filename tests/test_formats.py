@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from kinject.experiment import prepare
-from kinject.infusion import InfusionConfig, extraction_prompt, memorization_prompt, render
+from kinject.infusion.formats import InfusionConfig, extraction_prompt, memorization_prompt, render
+from kinject.run.experiment import prepare
 
 FREQ = 4
 

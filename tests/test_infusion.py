@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from kinject.errors import ConfigError
-from kinject.experiment import prepare
-from kinject.infusion import plan, render
+from kinject.infusion.formats import render
+from kinject.infusion.schedule import plan
+from kinject.run.experiment import prepare
 
 
 @pytest.mark.parametrize("freq", [1, 3, 16])

@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 
 from kinject.errors import ConfigError
-from kinject.knowledge import Fact, KnowledgeSet, Relation, multiple_choice
+from kinject.knowledge.facts import Fact, KnowledgeSet, Relation, multiple_choice
 
 RELATION = Relation.from_config("born_in", {"templates": ["{subject} was born in {object}."]}, "relations")
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kinject.law import (Curve, FitError, Group, analyse, fit_across, fit_curve, fit_form, fit_form_batch,
-                         fit_law, simulate_curve, varpro_law)
-from kinject.law_report import to_json
+from kinject.law.analysis import analyse
+from kinject.law.curves import Curve, FitError, Group, fit_curve, fit_form, fit_form_batch, simulate_curve
+from kinject.law.report import to_json
+from kinject.law.scaling import fit_across, fit_law, varpro_law
 
 FREQS = 2.0 ** np.arange(1, 9)
 PARAMS = np.array([1, 2, 4, 8, 16]) * 1e6

@@ -1,7 +1,7 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-from kinject.model import ModelSpec, build, count_params
+from kinject.training.model import ModelSpec, build, count_params
 from tests.conftest import ROOT
 
 LADDER = {"137m": 137e6, "300m": 300e6, "562m": 562e6, "1.05b": 1.05e9, "3b": 3e9}

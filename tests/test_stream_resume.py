@@ -9,9 +9,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from kinject.checkpoint import AtomicCheckpointIO
-from kinject.corpus import LanePosition
-from kinject.experiment import prepare
+from kinject.data.background import LanePosition
+from kinject.run.experiment import prepare
+from kinject.training.checkpoint import AtomicCheckpointIO
 from tests.corpus_files import local
 
 STEPS = 6

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kinject.experiment import prepare
-from kinject.throughput import OptimizerStepTimer, mfu, peak_flops
+from kinject.run.experiment import prepare
+from kinject.training.throughput import OptimizerStepTimer, mfu, peak_flops
 from train import build_module, build_trainer
 
 

@@ -15,7 +15,7 @@ from hydra.errors import MissingConfigException
 import train as train_script
 from evaluate import evaluate
 from kinject import results
-from kinject.module import CausalLM
+from kinject.training.lightning_module import CausalLM
 from tests.conftest import ROOT, TINY
 
 
@@ -190,7 +190,7 @@ def test_evaluation_runs_under_the_training_precision(make_cfg):
 
 
 def test_progress_bar_follows_the_terminal_unless_set(make_cfg, monkeypatch):
-    from kinject.experiment import prepare
+    from kinject.run.experiment import prepare
 
     cfg = make_cfg("trainer.enable_progress_bar=null")
     experiment = prepare(cfg)

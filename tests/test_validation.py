@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from kinject.errors import ConfigError
-from kinject.experiment import prepare
+from kinject.evaluation.suites import SUITES
+from kinject.run.experiment import prepare
 from kinject.validation import RULES, Rule, markdown, validate
 from tests.conftest import ROOT
 
@@ -36,7 +37,7 @@ def test_each_key_refuses_a_wrong_type_and_an_out_of_range_value(make_cfg, rule)
 
 
 def test_prepare_checks_values_before_building_anything(make_cfg, monkeypatch):
-    import kinject.experiment as experiment
+    import kinject.run.experiment as experiment
 
     monkeypatch.setattr(experiment, "World", lambda *a: pytest.fail("built the world before validating"))
     with pytest.raises(ConfigError, match="optim.lr: expected a number > 0"):
@@ -69,3 +70,12 @@ def test_evaluate_names_a_missing_checkpoint(tmp_path):
 
     with pytest.raises(ConfigError, match=r"ckpt: expected a checkpoint file from train\.py or a folder"):
         evaluate(tmp_path / "nope.ckpt")
+
+
+def test_a_new_suite_is_one_registered_function_and_its_name(make_cfg, monkeypatch):
+    """The house rule: a suite registered by name is accepted by eval.suites and metric, and is scored."""
+    monkeypatch.setitem(SUITES._entries, "first_five", lambda inputs: SUITES.get("memorization")(inputs)[:5])
+    cfg = make_cfg("eval.suites=[memorization,first_five]", "metric=first_five/acc_token")
+    assert len(prepare(cfg).evaluator.suites["first_five"].items) == 5
+    with pytest.raises(ConfigError, match="eval.suites: expected one of memorization, extraction, background, first_five"):
+        validate(make_cfg("eval.suites=[memorization,no_such_suite]"))

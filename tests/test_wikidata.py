@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from kinject import wikidata
 from kinject.errors import ConfigError
-from kinject.experiment import prepare
-from kinject.infusion import render
-from kinject.knowledge import multiple_choice
+from kinject.infusion.formats import render
+from kinject.knowledge import wikidata
+from kinject.knowledge.facts import multiple_choice
+from kinject.run.experiment import prepare
 from tests.conftest import ROOT
 
 RELATIONS = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "knowledge" / "wikidata.yaml").relations)

@@ -1,12 +1,12 @@
 import re
 
 import pytest
+from omegaconf import OmegaConf
 
 from kinject.errors import ConfigError
-from kinject.experiment import prepare
-from kinject.knowledge import Relation
-from kinject.world import World, WorldConfig
-from omegaconf import OmegaConf
+from kinject.knowledge.facts import Relation
+from kinject.knowledge.world import World, WorldConfig
+from kinject.run.experiment import prepare
 
 
 def _world(make_cfg, *overrides) -> tuple[World, object]:

@@ -121,7 +121,7 @@ def fitted_optimum(study: optuna.Study) -> float | None:
     """b/c of P(F) = a F^b exp(-cF) fitted to the completed trials, None without an interior maximum.
     A point to try rather than a result to report: unlike fit_law.py it is taken even while the best
     trial is still at an edge of the tried F, where one more trial tells the most."""
-    from kinject.law import Curve, fit_curve  # scipy: imported when a search fits, not at every Hydra start
+    from kinject.law.curves import Curve, fit_curve  # scipy: imported when a search fits, not at every Hydra start
 
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if FREQ in t.params]
     freq = np.array([t.params[FREQ] for t in trials], float)

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
-from kinject.distributed import OncePerStep
+from kinject.training.distributed import OncePerStep
 
 log = logging.getLogger("kinject")
 

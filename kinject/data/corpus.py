@@ -1,53 +1,29 @@
-"""A real background corpus (FineWeb-Edu or local files) streamed as packed lanes, resumable exactly.
+"""A real background corpus (FineWeb-Edu or local files) as units of documents, read in a seeded order.
 
 Files are cut into units: a parquet row group, or a fixed-size byte block of a JSON-lines or text
 file (a block owns the lines that start in it). Units are read in an endless sequence made of one
 seeded permutation per pass; HF's streaming `.shuffle()` is never used, since it breaks resume.
 
-The sequence is dealt to `lane_groups x batch_size` lanes, each its own stream of filtered,
-tokenized, EOS-separated documents packed into `seq_len` chunks. Training sequence s*B + j takes
-chunk s // G of lane (s % G)*B + j, so a rank reads only the lanes of its own batch positions and
-the data of every step is the same on any number of devices and loader workers. A lane's position
-after each chunk (unit, row, token, filter counts) travels with the batch into the checkpoint;
-without one, a lane is replayed from its start, so any chunk can be recomputed.
+(`kinject.data.background` deals them to lanes.)
 """
 
 from __future__ import annotations
 
-import functools
-import glob
 import json
 import os
-import socket
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 from urllib.parse import urlparse
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kinject.data import encode_documents
 from kinject.errors import ConfigError
-from kinject.filtering import FilterStats, MentionFilter
+from kinject.network import unreachable
 
 SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 ROWS = 16  # documents read and tokenized at a time: bounds a lane's memory, not its data
-
-
-def expand(patterns: str | Sequence[str], key: str = "data.files") -> list[str]:
-    """The files that paths or globs name, each pattern required to match something."""
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns or ())
-    if not patterns:
-        raise ConfigError(key, "a path or glob, or a list of them", patterns)
-    files: list[str] = []
-    for pattern in patterns:
-        matched = sorted(p for p in glob.glob(os.path.expanduser(str(pattern)), recursive=True) if os.path.isfile(p))
-        if not matched:
-            raise ConfigError(key, "paths or globs that match files", str(pattern), hint="no file matches it")
-        files.extend(p for p in matched if p not in files)
-    return files
 
 
 def hub_files(repo: str, name: str) -> list[str]:
@@ -63,7 +39,9 @@ def _check_hub(repo: str, name: str, timeout: float = 5.0) -> None:
     """Fails in seconds, not after minutes of retries, when the Hub cannot be reached."""
     flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     offline = [v for v in flags if os.environ.get(v, "").lower() in ("1", "true", "yes", "on")]
-    reason = f"{offline[0]} is set" if offline else _unreachable(timeout)
+    from huggingface_hub.constants import ENDPOINT
+
+    reason = f"{offline[0]} is set" if offline else unreachable(ENDPOINT, timeout)
     if reason:
         folder = _hub_folder(name)
         raise ConfigError(
@@ -78,17 +56,6 @@ def _hub_folder(name: str) -> str:
     if name == "default":
         return "data"
     return name.replace("-", "/", 1) if name.startswith("sample-") else f"data/{name}"
-
-
-def _unreachable(timeout: float) -> str | None:
-    from huggingface_hub.constants import ENDPOINT
-
-    url = urlparse(ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError as error:
-        return f"{url.hostname}: {error}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -197,126 +164,3 @@ class Corpus:
         for unit in units:
             for _, texts in self.documents(unit):
                 yield from texts
-
-
-@dataclass
-class LanePosition:
-    """Where a lane resumes (next chunk; unit, row and token to continue from) and what its filter counted."""
-
-    lane: int
-    chunk: int = 0
-    unit: int = 0
-    row: int = 0
-    token: int = 0
-    documents: int = 0
-    tokens: int = 0
-    dropped_documents: int = 0
-    dropped_tokens: int = 0
-
-    def array(self) -> np.ndarray:
-        return np.array(astuple(self), dtype=np.int64)
-
-    @classmethod
-    def of(cls, row: np.ndarray) -> LanePosition:
-        return cls(*(int(x) for x in row))
-
-
-@functools.lru_cache(maxsize=8)
-def _pass_order(seed: int, units: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(units)
-
-
-class LaneStream:
-    """The background as lanes of packed chunks (see the module docstring); a `Background`."""
-
-    def __init__(self, corpus: Corpus, units: list[Unit], tokenizer, mentions: MentionFilter, seq_len: int,
-                 batch_size: int, groups: int, seed: int) -> None:
-        self.corpus = corpus
-        self.units = units
-        self.tokenizer = tokenizer
-        self.mentions = mentions
-        self.seq_len = seq_len
-        self.batch_size = batch_size
-        self.groups = groups
-        self.lanes = groups * batch_size
-        self.seed = seed
-        self._readers: dict[int, _Reader] = {}
-        self._saved: dict[int, LanePosition] = {}
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """The lane and the lane's chunk number that training sequence `index` takes."""
-        step, j = divmod(index, self.batch_size)
-        return (step % self.groups) * self.batch_size + j, step // self.groups
-
-    def unit(self, lane: int, k: int) -> Unit:
-        """The lane's k-th unit: entry lane + k*N of the endless sequence of passes."""
-        epoch, i = divmod(lane + k * self.lanes, len(self.units))
-        return self.units[_pass_order(self.seed, len(self.units), epoch)[i]]
-
-    def documents(self, lane: int, k: int, row: int) -> Iterator[tuple[int, int, np.ndarray, bool]]:
-        """The lane's documents from its k-th unit and that row on: (k, row, [EOS]+tokens, dropped)."""
-        while True:
-            for first, texts in self.corpus.documents(self.unit(lane, k), row):
-                for i, (text, doc) in enumerate(zip(texts, encode_documents(self.tokenizer, texts))):
-                    yield k, first + i, doc, self.mentions.mentions(text)
-            k, row = k + 1, 0
-
-    def chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        lane, chunk = self.locate(index)
-        reader = self._readers.get(lane)
-        if reader is None or reader.position.chunk > chunk:
-            saved = self._saved.get(lane)
-            start = saved if saved is not None and saved.chunk <= chunk else LanePosition(lane)
-            reader = self._readers[lane] = _Reader(self, replace(start))
-        while reader.position.chunk < chunk:
-            reader.next_chunk()
-        return reader.next_chunk(), reader.position.array()
-
-    def restore(self, positions: dict[int, np.ndarray]) -> None:
-        self._saved = {lane: LanePosition.of(row) for lane, row in positions.items()}
-
-    def filter_stats(self, positions: dict[int, np.ndarray]) -> FilterStats:
-        total = FilterStats()
-        for row in positions.values():
-            p = LanePosition.of(row)
-            total += FilterStats(p.documents, p.tokens, p.dropped_documents, p.dropped_tokens)
-        return total
-
-
-class _Reader:
-    """One lane read forward from a position."""
-
-    def __init__(self, stream: LaneStream, position: LanePosition) -> None:
-        self.seq_len = stream.seq_len
-        self.position = position
-        self._documents = stream.documents(position.lane, position.unit, position.row)
-        self._doc = np.zeros(0, dtype=np.int32)
-        self._offset = 0
-        if position.token:
-            self._doc, self._offset = next(self._documents)[2], position.token
-
-    def next_chunk(self) -> np.ndarray:
-        parts, need = [], self.seq_len
-        while need:
-            if self._offset == len(self._doc):
-                self._next_document()
-            part = self._doc[self._offset : self._offset + need]
-            parts.append(part)
-            self._offset += len(part)
-            need -= len(part)
-        self.position.chunk += 1
-        self.position.token = self._offset
-        return np.concatenate(parts)
-
-    def _next_document(self) -> None:
-        """Moves to the next kept document, counting the dropped ones on the way."""
-        p = self.position
-        while True:
-            p.unit, p.row, doc, dropped = next(self._documents)
-            p.documents += 1
-            if not dropped:
-                p.tokens += len(doc)
-                self._doc, self._offset = doc, 0
-                return
-            p.dropped_documents += 1
-            p.dropped_tokens += len(doc)

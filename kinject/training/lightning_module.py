@@ -10,8 +10,8 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from kinject.distributed import OncePerStep, fully_shard_llama, load_from_rank_zero
-from kinject.model import ModelSpec, build
+from kinject.training.distributed import OncePerStep, fully_shard_llama, load_from_rank_zero
+from kinject.training.model import ModelSpec, build
 
 NO_DECAY = ("norm", "bias")
 

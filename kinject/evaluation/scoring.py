@@ -13,14 +13,16 @@ forward passes, which a sharded (FSDP) model needs to gather its weights.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
-from typing import ContextManager, Sequence
+from typing import ContextManager, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kinject.knowledge import Item
+from kinject.data.tokenizer import encode_documents
+from kinject.knowledge.facts import Item
 
 SCORINGS = ("sum", "token", "char")
 
@@ -184,3 +186,20 @@ class Evaluator:
             losses.append(loss.view(len(batch), -1).sum(-1).double().cpu())
         total = _gathered(torch.cat(losses).numpy()[:real]).sum()
         return float(total / (len(self.heldout) * (self.heldout.size(1) - 1)))
+
+
+def heldout_sequences(tokenizer, documents: Iterable[str], seq_len: int, count: int) -> torch.Tensor:
+    """The first `count` sequences of held-out text, reading no more of it than that takes."""
+    if count <= 0:
+        return torch.zeros(0, seq_len, dtype=torch.long)
+    texts = iter(documents)
+    parts: list[np.ndarray] = []
+    have = 0
+    while have < count * seq_len and (batch := list(itertools.islice(texts, 256))):
+        parts.extend(encode_documents(tokenizer, batch))
+        have = sum(map(len, parts))
+    usable = min(count, have // seq_len)
+    if usable == 0:
+        return torch.zeros(0, seq_len, dtype=torch.long)
+    stream = np.concatenate(parts)
+    return torch.from_numpy(stream[: usable * seq_len].astype(np.int64)).view(usable, seq_len)

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import netrc
 import os
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -15,21 +14,18 @@ from urllib.parse import urlparse
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from kinject.network import unreachable
+
 log = logging.getLogger("kinject")
 
 
 def wandb_unreachable(timeout: float = 3.0) -> str | None:
     """Why W&B cannot be used online from here, or None when it can. Reads the key where `wandb login`
     puts it rather than calling wandb.login, which would leave the process's session online."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    if not os.environ.get("WANDB_API_KEY") and not _netrc_has(url.hostname or ""):
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    if not os.environ.get("WANDB_API_KEY") and not _netrc_has(urlparse(url).hostname or ""):
         return "no API key (run `wandb login` or set WANDB_API_KEY)"
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as error:
-        return f"{url.hostname}:{port} unreachable ({error.__class__.__name__})"
-    return None
+    return unreachable(url, timeout)
 
 
 def _netrc_has(host: str) -> bool:

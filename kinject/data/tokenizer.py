@@ -12,11 +12,13 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from kinject.errors import ConfigError
+from kinject.files import write_atomic
 
 EOS = "<|endoftext|>"
 
@@ -45,9 +47,7 @@ def _train_bpe(texts: Sequence[str], vocab_size: int, path: Path) -> None:
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tokenizer.save(str(tmp)))
 
 
 def load_file(path: str | os.PathLike) -> PreTrainedTokenizerFast:
@@ -73,3 +73,13 @@ def build(cfg, texts: Iterable[str], cache_dir: str) -> PreTrainedTokenizerFast:
     if cfg.kind == "hub":
         return load_hub(cfg.name)
     raise ConfigError("tokenizer.kind", "'bpe' or 'hub'", cfg.kind)
+
+
+def encode_documents(tokenizer, texts: Sequence[str], batch: int = 1024) -> list[np.ndarray]:
+    """Each text as [EOS] + tokens: EOS marks a document start, as in the evaluation prompts."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for i in range(0, len(texts), batch):
+        encoded = tokenizer(list(texts[i : i + batch]), add_special_tokens=False)["input_ids"]
+        out.extend(np.array([eos, *ids], dtype=np.int32) for ids in encoded)
+    return out

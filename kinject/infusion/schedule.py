@@ -9,52 +9,10 @@ resumed or re-sharded run computes the very same placement.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import numpy as np
 
 from kinject.errors import ConfigError
-from kinject.knowledge import Fact, KnowledgeSet
-
-FORMATS = ("statement", "qa", "mixed")
-PARAPHRASES = ("duplicate", "paraphrase")
-
-
-@dataclass(frozen=True)
-class InfusionConfig:
-    freq: int
-    format: str = "statement"
-    paraphrase: str = "duplicate"
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> InfusionConfig:
-        return cls(int(cfg["freq"]), cfg["format"], cfg["paraphrase"], int(cfg["seed"]))
-
-
-def render(knowledge: KnowledgeSet, fact: Fact, exposure: int, config: InfusionConfig) -> str:
-    """The text of a fact's k-th exposure: its form (statement or QA) and template (same or cycled)."""
-    relation = knowledge.relations[fact.relation]
-    qa = config.format == "qa" or (config.format == "mixed" and exposure % 2 == 1)
-    turn = exposure // 2 if config.format == "mixed" else exposure
-    index = turn if config.paraphrase == "paraphrase" else 0
-    if qa:
-        return relation.qa(index, fact.subject, fact.object)
-    return relation.statement(relation.templates[index % len(relation.templates)], fact.subject, fact.object)
-
-
-def memorization_prompt(knowledge: KnowledgeSet, fact: Fact, config: InfusionConfig) -> str:
-    """The question in the form the fact was first trained on."""
-    relation = knowledge.relations[fact.relation]
-    if config.format == "qa":
-        return relation.qa_prompt(0, fact.subject)
-    return relation.prompt(relation.templates[0], fact.subject)
-
-
-def extraction_prompt(knowledge: KnowledgeSet, fact: Fact) -> str | None:
-    """The question in a held-out template the training stream never contains."""
-    relation = knowledge.relations[fact.relation]
-    return relation.prompt(relation.heldout[0], fact.subject) if relation.heldout else None
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from kinject.distributed import OncePerStep
-from kinject.evaluation import Evaluation, Evaluator
+from kinject.evaluation.scoring import Evaluation, Evaluator
+from kinject.training.distributed import OncePerStep
 
 log = logging.getLogger("kinject")
 

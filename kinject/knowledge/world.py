@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kinject.errors import ConfigError
-from kinject.knowledge import Fact, KnowledgeSet, Relation, parse_relations
+from kinject.knowledge.facts import Fact, KnowledgeSet, Relation, parse_relations
 
 _ONSETS = "b c d f g h k l m n p r s t v z br dr gr kr pr st tr th sh ch".split()
 _VOWELS = "a e i o u ai ea io ou".split()

@@ -19,9 +19,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from kinject.corpus import expand
 from kinject.errors import ConfigError
-from kinject.knowledge import Fact, KnowledgeSet, parse_relations
+from kinject.files import expand
+from kinject.knowledge.facts import Fact, KnowledgeSet, parse_relations
 
 LAYOUTS = (("subject", "relation", "object"), ("sub_label", "predicate_id", "obj_label"))
 EXPECTED = "a triple with labels: subject, relation, object (or LAMA's sub_label, predicate_id, obj_label)"

@@ -1,6 +1,6 @@
 """Print the training batch of one optimizer step, decoded, with the injected facts marked.
 
-    python -m kinject.show_batch step=N [ids=true] [overrides...]
+    python -m kinject.run.show_batch step=N [ids=true] [overrides...]
 
 The overrides are train.py's, composed from the same config, so this shows exactly what that run
 trains on at step N: sequences [N*B, (N+1)*B) whatever the device count. A streamed corpus is
@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from kinject.errors import ConfigError
-from kinject.experiment import prepare
+from kinject.run.experiment import prepare
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 OPEN, CLOSE = "⟦", "⟧"
 
 

@@ -7,7 +7,7 @@ the same order. A run reads sequences by global index from its optimizer step on
 resume exact and the data per step the same for any number of devices.
 
 A background is either random access (the embedded world, tokenized once) or a set of streamed
-lanes (`kinject.corpus`); a streamed one reports, with every chunk, the position that resumes
+lanes (`kinject.data.background`); a streamed one reports, with every chunk, the position that resumes
 after it, and the data module keeps the positions of the batches training has consumed (not the
 ones Lightning has prefetched) for the checkpoint.
 """
@@ -15,81 +15,21 @@ ones Lightning has prefetched) for the checkpoint.
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
-from kinject.filtering import FilterStats
-from kinject.infusion import InfusionConfig, Schedule, render
-from kinject.knowledge import KnowledgeSet
-
-
-def encode_documents(tokenizer, texts: Sequence[str], batch: int = 1024) -> list[np.ndarray]:
-    """Each text as [EOS] + tokens: EOS marks a document start, as in the evaluation prompts."""
-    eos = tokenizer.eos_token_id
-    out = []
-    for i in range(0, len(texts), batch):
-        encoded = tokenizer(list(texts[i : i + batch]), add_special_tokens=False)["input_ids"]
-        out.extend(np.array([eos, *ids], dtype=np.int32) for ids in encoded)
-    return out
-
-
-class Background(Protocol):
-    """Background chunk i (seq_len tokens), the same at every F."""
-
-    def chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The chunk and the position that resumes after it: an int64 vector whose first entry names
-        the stream it belongs to, empty for a random-access background."""
-
-    def restore(self, positions: dict[int, np.ndarray]) -> None:
-        """Positions saved with a checkpoint, where reading may start instead of from the beginning."""
-
-    def filter_stats(self, positions: dict[int, np.ndarray]) -> FilterStats:
-        """What the mention filter kept and dropped, up to the given positions where it streams."""
-
-
-class BackgroundStream:
-    """Documents read as an endless stream; epoch e holds every document once, in a seeded order."""
-
-    def __init__(self, documents: list[np.ndarray], seed: int, seq_len: int, filtered: FilterStats) -> None:
-        if not documents:
-            raise ValueError("the background corpus is empty")
-        self.documents = documents
-        self.seed = seed
-        self.seq_len = seq_len
-        self.filtered = filtered
-        self.epoch_tokens = int(sum(len(d) for d in documents))
-        self._cache: dict[int, np.ndarray] = {}
-
-    def _epoch(self, epoch: int) -> np.ndarray:
-        if epoch not in self._cache:
-            if len(self._cache) >= 2:
-                self._cache.pop(min(self._cache))
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.documents))
-            self._cache[epoch] = np.concatenate([self.documents[d] for d in order])
-        return self._cache[epoch]
-
-    def tokens(self, start: int, length: int) -> np.ndarray:
-        parts = []
-        while length > 0:
-            epoch, offset = divmod(start, self.epoch_tokens)
-            part = self._epoch(epoch)[offset : offset + length]
-            parts.append(part)
-            start += len(part)
-            length -= len(part)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-    def chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.tokens(index * self.seq_len, self.seq_len), np.zeros(0, dtype=np.int64)
-
-    def restore(self, positions: dict[int, np.ndarray]) -> None:
-        pass
-
-    def filter_stats(self, positions: dict[int, np.ndarray]) -> FilterStats:
-        return self.filtered
+from kinject.budget import Budget, accumulation
+from kinject.data.background import Background
+from kinject.data.filtering import FilterStats
+from kinject.data.tokenizer import encode_documents
+from kinject.errors import ConfigError
+from kinject.infusion.formats import InfusionConfig, render, variants
+from kinject.infusion.schedule import Schedule
+from kinject.knowledge.facts import KnowledgeSet
 
 
 class InfusedSequences(Dataset):
@@ -107,20 +47,13 @@ class InfusedSequences(Dataset):
         self.background = background
         self.schedule = schedule
         self.seq_len = seq_len
-        self.variants = self._canonical_exposure(schedule.exposure, infusion)
+        self.variants = variants(schedule.exposure, infusion)
         pairs = list(zip(schedule.fact.tolist(), self.variants.tolist()))
         distinct = sorted(set(pairs))
-        texts = [render(knowledge, knowledge.facts[f], e, infusion) for f, e in distinct]
+        texts = [render(knowledge, knowledge.facts[f], v, infusion) for f, v in distinct]
         self._text = dict(zip(distinct, encode_documents(tokenizer, texts)))
         self.exposure_tokens = np.array([len(self._text[p]) for p in pairs], dtype=np.int64)
         self.injected_tokens = int(self.exposure_tokens.sum())
-
-    @staticmethod
-    def _canonical_exposure(exposure: np.ndarray, infusion: InfusionConfig) -> np.ndarray:
-        """The first exposure number that renders to the same text, so each text is tokenized once."""
-        if infusion.paraphrase == "duplicate":
-            return exposure % 2 if infusion.format == "mixed" else np.zeros_like(exposure)
-        return exposure
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         span = self.schedule.at(index)
@@ -138,6 +71,29 @@ class InfusedSequences(Dataset):
         }
 
 
+def check_fits(dataset: InfusedSequences, budget: Budget, freq: int, max_share: float) -> None:
+    """Refuses, before training, an injection over `max_share` of the budget or a sequence it would overflow."""
+    total = budget.tokens_trained
+    share = dataset.injected_tokens / total
+    if share > max_share:
+        raise ConfigError(
+            "infusion.freq",
+            f"injected text within infusion.max_share={max_share} of the budget",
+            freq,
+            hint=f"{len(dataset.exposure_tokens)} exposures take {dataset.injected_tokens} of {total} tokens "
+            f"({share:.0%}); lower infusion.freq or knowledge.num_facts, or raise tokens",
+        )
+    if len(dataset.exposure_tokens):
+        per_sequence = np.bincount(dataset.schedule.sequence, weights=dataset.exposure_tokens)
+        if per_sequence.max() > budget.seq_len:
+            raise ConfigError(
+                "data.seq_len",
+                f"room for the {int(per_sequence.max())} injected tokens the busiest sequence gets",
+                budget.seq_len,
+                hint="raise data.seq_len or tokens, or lower infusion.freq or knowledge.num_facts",
+            )
+
+
 class StepSampler(Sampler[int]):
     """Global sequence indices for one rank, from an optimizer step on, endlessly.
 
@@ -151,7 +107,7 @@ class StepSampler(Sampler[int]):
         self.rank = rank
         self.world = world_size
         self.start_step = start_step
-        self.accumulation = batch_size // (micro_batch_size * world_size)
+        self.accumulation = accumulation(batch_size, micro_batch_size, world_size)
 
     def __iter__(self) -> Iterator[int]:
         step = self.start_step

@@ -13,7 +13,7 @@ from typing import Sequence
 import ahocorasick
 
 from kinject.errors import ConfigError
-from kinject.knowledge import Fact
+from kinject.knowledge.facts import Fact
 
 MODES = ("none", "subject", "subject_and_object")
 

@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from kinject.law import CHANCE, HUBER_DELTA, LEVEL, Analysis, Cut, CurveFit, Group, LawResult
+from kinject.law.analysis import Analysis
+from kinject.law.curves import CHANCE, LEVEL, CurveFit, Group
+from kinject.law.scaling import HUBER_DELTA, Cut, LawResult
 
 SCHEMA = "kinject.fit_law/1"
 

@@ -2,13 +2,13 @@
 
 Three sources: the results.json files training runs write (with per-item outcomes, which drive
 the bootstrap), W&B runs (means only) and a plain CSV `model,params,tokens,freq,acc[,seed,n_items]`
-(numbers published elsewhere). `to_groups` then cuts the table into P(F) curves for kinject.law.
+(numbers published elsewhere). `to_groups` then cuts the table into P(F) curves for
+kinject.law.curves.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from kinject.law import Curve, Group
-from kinject.results import FILENAME, SCHEMA
+from kinject.law.curves import Curve, Group
+from kinject.results import FILENAME, scan
 
 DEFAULT_METRIC = "memorization/acc_token"
 PARAMS = {"non_embedding": "non-embedding parameters", "total": "all parameters, embeddings included"}
@@ -79,9 +79,7 @@ def _condition(format_: Any, paraphrase: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _from_results(path: Path, payload: dict[str, Any], metric: str) -> Run | str:
-    """A Run, or the reason to skip the file."""
-    if payload.get("status") != "complete":
-        return f"{path}: status {payload.get('status')!r}, not complete"
+    """A Run from a complete run's record, or the reason to skip it."""
     value = payload["metrics"].get(metric)
     if value is None or not np.isfinite(value):
         return f"{path}: no value for {metric}"
@@ -106,22 +104,17 @@ def load_runs(dirs: Iterable[str | Path], metric: str = DEFAULT_METRIC) -> Table
     for folder in map(Path, dirs):
         if not folder.is_dir():
             raise TableError(f"{folder}: not a folder of runs")
-        paths = sorted(folder.rglob(FILENAME))
-        if not paths:
+        found = list(scan([folder]))
+        if not found:
             raise TableError(f"{folder}: no {FILENAME} found under it")
-        for path in paths:
-            try:
-                payload = json.loads(path.read_text())
-            except (OSError, ValueError) as error:
-                table.notes.append(f"{path}: unreadable ({error})")
-                continue
-            if payload.get("schema") != SCHEMA:
-                table.notes.append(f"{path}: schema {payload.get('schema')!r}, expected {SCHEMA}")
+        for record in found:
+            if isinstance(record, str):
+                table.notes.append(record)
                 continue
             try:
-                run = _from_results(path, payload, metric)
+                run = _from_results(record.path, record.data, metric)
             except (KeyError, TypeError, ValueError) as error:
-                run = f"{path}: malformed ({type(error).__name__}: {error})"
+                run = f"{record.path}: malformed ({type(error).__name__}: {error})"
             if isinstance(run, Run):
                 table.runs.append(run)
             else:

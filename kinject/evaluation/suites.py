@@ -1,0 +1,67 @@
+"""Evaluation suites: which multiple-choice items a run is scored on, each registered by name.
+
+`eval.suites` lists the names; a suite that has nothing to ask in a setting (no held-out templates,
+no background world) yields no items and is left out. A new suite is one function here plus its
+name in `eval.suites`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from kinject.infusion.formats import InfusionConfig, Statement, extraction_prompt, memorization_prompt
+from kinject.knowledge.facts import Item, KnowledgeSet, multiple_choice
+from kinject.knowledge.world import World
+from kinject.registry import Registry
+
+
+@dataclass(frozen=True)
+class SuiteInputs:
+    knowledge: KnowledgeSet  # the injected facts
+    infusion: InfusionConfig
+    seed: int                # distractors and gold positions of the injected facts' items (knowledge.seed)
+    world: World | None      # the synthetic world, when it is the background corpus
+    background_facts: int    # eval.background_facts
+    eval_seed: int           # which background facts, and their distractors (eval.seed)
+
+
+Suite = Callable[[SuiteInputs], list[Item]]
+SUITES: Registry[Suite] = Registry("eval.suites")
+
+
+@SUITES.register("memorization")
+def memorization(inputs: SuiteInputs) -> list[Item]:
+    """The injected facts, asked in the form they were trained on."""
+    knowledge = inputs.knowledge
+    return multiple_choice(knowledge, [memorization_prompt(knowledge, f, inputs.infusion) for f in knowledge.facts],
+                           inputs.seed)
+
+
+@SUITES.register("extraction")
+def extraction(inputs: SuiteInputs) -> list[Item]:
+    """The injected facts, asked with a held-out template."""
+    knowledge = inputs.knowledge
+    prompts = [extraction_prompt(knowledge, f) for f in knowledge.facts]
+    if any(p is None for p in prompts):
+        return []
+    return multiple_choice(knowledge, prompts, inputs.seed)
+
+
+@SUITES.register("background")
+def background(inputs: SuiteInputs) -> list[Item]:
+    """Facts the background corpus teaches (forgetting): a seeded sample of the synthetic world's."""
+    if inputs.world is None or inputs.background_facts <= 0:
+        return []
+    known = inputs.world.background_knowledge()
+    count = min(inputs.background_facts, len(known.facts))
+    pick = np.random.default_rng([inputs.eval_seed, 3]).choice(len(known.facts), count, replace=False)
+    chosen = [known.facts[i] for i in sorted(pick)]
+    prompts = [Statement().prompt(known.relations[f.relation], f) for f in chosen]
+    return multiple_choice(known, prompts, inputs.eval_seed, facts=chosen)
+
+
+def build_suites(names: list[str], inputs: SuiteInputs) -> dict[str, list[Item]]:
+    return {name: items for name in names if (items := SUITES.get(name)(inputs))}

@@ -1,0 +1,1 @@
+"""The knowledge stage (conf groups `knowledge`, `world`): relations, facts, items, their sources."""

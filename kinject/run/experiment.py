@@ -1,0 +1,84 @@
+"""From a resolved config to everything a run needs, every check done before training starts.
+
+Wiring only: each stage's choice is looked up by name in its registry (background and knowledge
+sources, infusion formats, evaluation suites) and each stage's logic lives in its own module.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kinject.budget import Budget
+from kinject.data.filtering import MentionFilter
+from kinject.data.sources import BACKGROUND_SOURCES
+from kinject.evaluation.scoring import Evaluator, heldout_sequences
+from kinject.evaluation.suites import SuiteInputs, build_suites
+from kinject.infusion.formats import InfusionConfig
+from kinject.infusion.schedule import plan
+from kinject.infusion.sequences import InfusedSequences, InfusionDataModule, check_fits
+from kinject.knowledge.facts import KnowledgeSet
+from kinject.knowledge.sources import KNOWLEDGE_SOURCES
+from kinject.knowledge.world import World, WorldConfig
+from kinject.training.model import ModelSpec, resolve_vocab
+from kinject.validation import validate
+
+
+@dataclass
+class Experiment:
+    tokenizer: Any
+    knowledge: KnowledgeSet
+    infusion: InfusionConfig
+    budget: Budget
+    model: ModelSpec
+    vocab_size: int
+    datamodule: InfusionDataModule
+    evaluator: Evaluator
+
+    def summary(self) -> dict[str, Any]:
+        """What every run logs about its infusion: F, K, injected tokens and their share of the budget."""
+        dataset = self.datamodule.dataset
+        exposures = len(dataset.exposure_tokens)
+        return {
+            "freq": self.infusion.freq,
+            "format": self.infusion.format,
+            "paraphrase": self.infusion.paraphrase,
+            "num_facts": len(self.knowledge.facts),
+            "exposures": exposures,
+            "injected_tokens": dataset.injected_tokens,
+            "injected_share": dataset.injected_tokens / self.budget.tokens_trained,
+            "mean_fact_tokens": dataset.injected_tokens / exposures if exposures else 0.0,
+        }
+
+
+def prepare(cfg: DictConfig) -> Experiment:
+    """Builds knowledge, background, tokenizer, schedule, data module and evaluator from config."""
+    validate(cfg)
+    budget = Budget.from_config(cfg)
+    infusion = InfusionConfig.from_config(cfg.infusion)
+    spec = ModelSpec.from_config(cfg.model)
+    background_source = BACKGROUND_SOURCES.get(cfg.data.source)
+    knowledge_source = KNOWLEDGE_SOURCES.get(cfg.knowledge.source)
+    world = functools.cache(lambda: World(WorldConfig.from_config(OmegaConf.to_container(cfg.world, resolve=True))))
+
+    knowledge = knowledge_source(cfg.knowledge, world)
+    mentions = MentionFilter(knowledge.facts, cfg.data.filter)
+    background = background_source(cfg, world, mentions, budget)
+    tokenizer = background.tokenizer
+    vocab_size = resolve_vocab(spec, len(tokenizer))
+
+    schedule = plan(len(knowledge.facts), infusion.freq, budget.sequences, infusion.seed)
+    dataset = InfusedSequences(background.stream, schedule, knowledge, infusion, tokenizer, budget.seq_len)
+    check_fits(dataset, budget, infusion.freq, cfg.infusion.max_share)
+
+    suites = build_suites(list(cfg.eval.suites), SuiteInputs(knowledge, infusion, int(cfg.knowledge.seed),
+                                                               background.world, int(cfg.eval.background_facts),
+                                                               int(cfg.eval.seed)))
+    heldout = heldout_sequences(tokenizer, background.heldout_documents, budget.seq_len, cfg.eval.heldout_sequences)
+    evaluator = Evaluator(tokenizer, suites, heldout, batch_items=int(cfg.eval.batch_items),
+                          heldout_batch=int(cfg.eval.heldout_batch))
+    datamodule = InfusionDataModule(dataset, budget.batch_size, budget.micro_batch_size, int(cfg.data.num_workers))
+    return Experiment(tokenizer, knowledge, infusion, budget, spec, vocab_size, datamodule, evaluator)

@@ -1,0 +1,1 @@
+"""The training stage (conf groups `model`, `optim`, `trainer`): model, LightningModule, callbacks, strategies."""
