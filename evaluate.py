@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, ContextManager
@@ -43,8 +44,12 @@ def load(path: str | Path) -> tuple[Experiment, PreTrainedModel, dict[str, Any]]
         config = json.loads((path / CONFIG_FILE).read_text())
         model = AutoModelForCausalLM.from_pretrained(path)
     elif path.is_file() or (path / _METADATA_FILENAME).is_file():
-        checkpoint: dict[str, Any] = (torch.load(path, map_location="cpu", weights_only=True) if path.is_file()
-                                      else _load_distributed_checkpoint(path))
+        try:
+            checkpoint: dict[str, Any] = (torch.load(path, map_location="cpu", weights_only=True) if path.is_file()
+                                          else _load_distributed_checkpoint(path))
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            raise ConfigError("ckpt", "a checkpoint written by train.py", str(path),
+                              hint=f"it could not be read as one ({type(error).__name__})") from None
         if "kinject_config" not in checkpoint:
             raise ConfigError("ckpt", "a checkpoint written by train.py (it carries the run's config)", str(path))
         config = checkpoint["kinject_config"]
@@ -71,10 +76,14 @@ def precision_context(precision: str, device: torch.device) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def export(path: str | Path, folder: str | Path) -> Path:
-    """A `save_pretrained` model and tokenizer that plain transformers (and lm-evaluation-harness) load."""
-    experiment, model, config = load(path)
+def export(path: str | Path, folder: str | Path, overwrite: bool = False) -> Path:
+    """A `save_pretrained` model and tokenizer that plain transformers (and lm-evaluation-harness) load.
+    A folder that already holds files is refused unless `overwrite`."""
     folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
+        raise ConfigError("export", "a new or empty folder", str(folder),
+                          hint="it already holds files: choose another folder, or add overwrite=true to replace them")
+    experiment, model, config = load(path)
     model.save_pretrained(folder)
     experiment.tokenizer.save_pretrained(folder)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
@@ -86,8 +95,11 @@ def main(cfg: DictConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     try:
+        if OmegaConf.is_missing(cfg, "ckpt"):
+            raise ConfigError("ckpt", "a checkpoint file or an exported folder, e.g. "
+                              "ckpt=outputs/DATE/TIME/checkpoints/last.ckpt")
         if cfg.export:
-            print(f"exported: {export(cfg.ckpt, cfg.export)}")
+            print(f"exported: {export(cfg.ckpt, cfg.export, bool(cfg.overwrite))}")
             return
         evaluation = evaluate(cfg.ckpt, str(cfg.device), str(cfg.precision))
     except ConfigError as error:

@@ -19,8 +19,18 @@ from pathlib import Path
 from kinject.law.analysis import analyse
 from kinject.law.curves import FitError
 from kinject.law.report import log_wandb, plot_fits, plot_law, render, to_json
-from kinject.law.runs import (DEFAULT_METRIC, PARAMS, Table, TableError, load_csv, load_runs, load_wandb, merge,
-                              params_definition, to_groups)
+from kinject.law.runs import (
+    DEFAULT_METRIC,
+    PARAMS,
+    Table,
+    TableError,
+    load_csv,
+    load_runs,
+    load_wandb,
+    merge,
+    params_definition,
+    to_groups,
+)
 
 
 def target(text: str) -> tuple[float, float]:
@@ -58,6 +68,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--wandb-log logs into the --wandb project: give --wandb ENTITY/PROJECT")
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
+    if args.out and args.out.is_dir():
+        parser.error(f"--out: expected a file path for the JSON report, got the folder {args.out}")
     return args
 
 

@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from kinject import results
 from kinject.errors import ConfigError
+from kinject.fingerprint import fingerprint
 from kinject.run.experiment import Experiment, prepare
+from kinject.run.folder import claim
 from kinject.run.tracking import make_loggers
 from kinject.training.callbacks import (
     ConfigInCheckpoint,
@@ -34,10 +36,11 @@ from kinject.training.callbacks import (
     TrainingEvaluation,
 )
 from kinject.training.checkpoint import AtomicCheckpointIO
-from kinject.training.distributed import FSDP2Strategy, guard_local_ddp
+from kinject.training.distributed import FSDP2Strategy, check_devices, guard_local_ddp
 from kinject.training.lightning_module import CausalLM
 from kinject.training.model import count_params, flops_per_token
 from kinject.training.throughput import MFUMonitor
+from kinject.validation import check_additions, validate
 
 log = logging.getLogger("kinject")
 
@@ -84,6 +87,11 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callba
 def train(cfg: DictConfig) -> float | tuple[float, ...]:
     """Trains one run, writes its results file and returns `cfg.metric` (a list of keys gives a tuple)."""
     output_dir = Path(cfg.paths.output_dir)
+    validate(cfg)
+    if HydraConfig.initialized():
+        check_additions(cfg, list(HydraConfig.get().overrides.task))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    claim(output_dir, config, bool(cfg.overwrite))
     done = results.complete_at(output_dir) if cfg.skip_complete else None
     if done is not None:
         log.info("already complete, skipped: %s", done.path)
@@ -95,8 +103,8 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     guard_local_ddp(cfg)
+    check_devices(cfg)
     experiment = prepare(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
 
     budget = experiment.budget
     evaluation = TrainingEvaluation(experiment.evaluator, int(cfg.eval.every_n_steps), budget.tokens_per_step)
@@ -115,10 +123,13 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         model={"name": cfg.model.name, "params_total": params_total, "params_non_embedding": params_non_embedding},
         budget=budget.summary(),
         infusion=experiment.summary(),
+        fingerprint=fingerprint(config),
         config=config,
     )
     _announce(experiment, record)
     outcome = "failed"
+    if trainer.is_global_zero:
+        record.write()
     try:
         for logger in loggers:
             logger.log_hyperparams({**config, "derived": {**record["model"], **record["budget"], **record["infusion"]}})
@@ -137,6 +148,11 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
                                    items=final.items)
             log.info("%s | results: %s | checkpoint: %s", _headline(metrics), path, last)
         outcome = "success"
+    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning ends Ctrl-C with SystemExit after a graceful stop
+        if trainer.is_global_zero:
+            record.interrupt(trainer.global_step, f"{type(stop).__name__}: stopped at step {trainer.global_step}; "
+                             "the same command resumes from the last checkpoint")
+        raise
     except Exception as error:
         if trainer.is_global_zero:
             record.fail(error)

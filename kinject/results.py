@@ -31,20 +31,28 @@ class RunRecord:
 
     @classmethod
     def start(cls, output_dir: str | os.PathLike, **sections: Any) -> RunRecord:
-        """A running record (in memory until it completes or fails) with its run, model, budget, ... sections."""
+        """A running record (in memory until written) with its run, model, budget, ... sections."""
         return cls(Path(output_dir) / FILENAME, {"schema": SCHEMA, "status": "running", **sections})
+
+    def write(self) -> Path:
+        return write_json_atomic(self.path, self.data)
 
     def complete(self, **sections: Any) -> Path:
         """Writes the record as complete with its metrics, curve, items, ..."""
         self.data.update(status="complete", **sections)
-        return write_json_atomic(self.path, self.data)
+        return self.write()
 
     def fail(self, error: BaseException) -> Path:
         """Writes the record as failed, with the error and the line that raised it."""
         frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
         self.data.update(status="failed", error=f"{type(error).__name__}: {error}",
                          where=f"{frame.filename}:{frame.lineno}" if frame else "")
-        return write_json_atomic(self.path, self.data)
+        return self.write()
+
+    def interrupt(self, step: int, reason: str) -> Path:
+        """Writes the record as interrupted at `step`; the same command resumes from the last checkpoint."""
+        self.data.update(status="interrupted", step=step, error=reason)
+        return self.write()
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> RunRecord:

@@ -8,9 +8,12 @@ must fit the budget, a batch that must divide over the devices) live where those
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from kinject.data.sources import BACKGROUND_SOURCES
@@ -19,6 +22,7 @@ from kinject.evaluation.scoring import SCORINGS
 from kinject.evaluation.suites import SUITES
 from kinject.infusion.formats import FORMATS, PARAPHRASES
 from kinject.knowledge.sources import KNOWLEDGE_SOURCES
+
 
 def metrics() -> tuple[str, ...]:
     """The values `metric` accepts: every registered suite's accuracies, the held-out and training loss."""
@@ -121,13 +125,46 @@ RULES = (
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raises ConfigError for the first value that breaks its rule; a list is checked item by item where allowed."""
+    """Raises ConfigError for a value with no default left unset, then for the first value that breaks its
+    rule; a list is checked item by item where allowed."""
+    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra"))
+    if missing:
+        raise ConfigError(missing[0], "a value: this setting has no default",
+                          hint=f"set it on the command line, e.g. {missing[0]}=...")
     for rule in RULES:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
         if value is _ABSENT:
             continue
         for item in value if OmegaConf.is_list(value) and rule.many else [value]:
             rule.check(item)
+
+
+OPEN = ("callbacks.", "hydra.")  # where `+key=value` adds what the config cannot list in advance
+
+
+def check_additions(cfg: DictConfig, overrides: list[str]) -> None:
+    """`+key=value` adds a key, and a key nothing reads changes nothing: Hydra's hint for a mistyped key
+    (`+infusion.frq=8`) would train the default and exit 0. Additions are accepted only where the config is
+    open (extra callbacks, Hydra's own settings) and as Lightning Trainer arguments (`+trainer.NAME`)."""
+    known = _keys(OmegaConf.to_container(cfg, resolve=False))
+    trainer_args = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for override in overrides:
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        key = override[1:].split("=", 1)[0]
+        if key.startswith(OPEN) or (key.startswith("trainer.") and key.split(".")[1] in trainer_args):
+            continue
+        candidates = [k for k in known if k != key] + [f"trainer.{name}" for name in trainer_args]
+        nearest = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        raise ConfigError(key, "a setting the config knows: `+` adds a new key, which nothing reads", override,
+                          hint=f"did you mean {nearest[0]}=... (without +)?" if nearest else
+                          "see `python train.py --cfg job` for the settings")
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix]
+    return [key for name, value in node.items() for key in _keys(value, f"{prefix}.{name}" if prefix else str(name))]
 
 
 def markdown() -> str:

@@ -97,7 +97,10 @@ def test_jsonl_and_text_files_feed_the_same_pipeline(make_cfg, tmp_path):
     ("empty_glob", r"data\.files: .*'.*/empty/\*\.parquet'"),
     ("no_text_column", r"no_text\.parquet: expected a string column 'text'.*'content'.*data\.text_column"),
     ("suffix", r"data\.files: expected files ending in one of"),
-    ("bad_jsonl", r"bad\.jsonl \(line at byte \d+\): expected a JSON object with a string 'text' field"),
+    ("bad_jsonl", r"bad\.jsonl:2 \(line at byte 17\): expected a JSON object with a string 'text' field"),
+    ("bad_line_never_trained", r"late\.jsonl:40 \(line at byte \d+\): expected a JSON object"),
+    ("random_bytes_parquet", r"junk\.parquet: expected a parquet file whose footer and schema can be read"),
+    ("truncated_parquet", r"cut\.parquet: expected a parquet file whose footer and schema can be read"),
     ("heldout", r"data\.heldout_units: expected 0 to 8"),
     ("workers", r"data\.num_workers: expected a divisor of data\.lane_groups x gradient accumulation \(2 x 2\)"),
 ])
@@ -106,20 +109,27 @@ def test_bad_corpus_input_is_a_clear_error(make_cfg, tmp_path, fineweb, case, ma
     pq.write_table(pa.table({"content": ["a document"]}), tmp_path / "no_text.parquet")
     (tmp_path / "notes.csv").write_text("text\nhello\n")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    (tmp_path / "late.jsonl").write_text("".join('{"text": "line %d"}\n' % i for i in range(39)) + "{broken\n")
+    (tmp_path / "parquets").mkdir()
+    (tmp_path / "parquets" / "junk.parquet").write_bytes(bytes(range(256)) * 8)
+    whole = Path(fineweb[0].replace("*.parquet", "000_00000.parquet")).read_bytes()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "cut.parquet").write_bytes(whole[: len(whole) // 2])
     files, extra = {
         "missing": (str(tmp_path / "nope.parquet"), ()),
         "empty_glob": (str(tmp_path / "empty" / "*.parquet"), ()),
         "no_text_column": (str(tmp_path / "no_text.parquet"), ()),
         "suffix": (str(tmp_path / "notes.csv"), ()),
         "bad_jsonl": (str(tmp_path / "bad.jsonl"), ("data.block_bytes=17",)),
+        "bad_line_never_trained": (str(tmp_path / "late.jsonl"), ("data.block_bytes=64", "data.heldout_units=0")),
+        "random_bytes_parquet": ([fineweb[0], str(tmp_path / "parquets" / "*.parquet")], ()),
+        "truncated_parquet": (str(tmp_path / "cut" / "*.parquet"), ()),
         "heldout": (fineweb[0], ("data.heldout_units=9",)),
         "workers": (fineweb[0], ("data.num_workers=3",)),
     }[case]
     cfg = local(make_cfg, files, *extra)
     with pytest.raises(ConfigError, match=match):
-        experiment = prepare(cfg)
-        for i in range(experiment.budget.sequences):
-            experiment.datamodule.dataset[i]
+        prepare(cfg)
 
 
 def test_fineweb_without_network_fails_fast_pointing_to_local_data(make_cfg, monkeypatch):

@@ -241,3 +241,18 @@ def test_groups_key_on_what_varies(tmp_path: Path) -> None:
     assert curve.freq.tolist() == [4, 4, 16, 16, 64, 64]
     assert sorted(len(runs) for runs, _ in curve.paired) == [3, 3]
     assert all(outcomes.shape == (3, FACTS) for _, outcomes in curve.paired)
+
+
+def test_runs_of_different_settings_are_never_pooled(tmp_path: Path) -> None:
+    """Two runs of the same model and F that differ in data and vocabulary make two curves, labelled by both."""
+    rng = np.random.default_rng(0)
+    for vocab, folder in ((4096, "a"), (8192, "b")):
+        for freq in (0, 16):
+            run = write_run(tmp_path / folder, "tiny", freq, 0, rng)
+            record = json.loads((run / "results.json").read_text())
+            record["config"] = {"data": {"tokenizer": {"vocab_size": vocab}, "source": "synthetic"},
+                                "model": {"name": "tiny"}, "seed": 0, "infusion": {"freq": freq}}
+            (run / "results.json").write_text(json.dumps(record))
+    groups = to_groups(load_runs([tmp_path / "a", tmp_path / "b"]))
+    assert len(groups) == 2
+    assert sorted(g.label for g in groups) == ["tiny data.tokenizer.vocab_size=4096", "tiny data.tokenizer.vocab_size=8192"]

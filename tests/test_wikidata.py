@@ -111,3 +111,17 @@ def test_wikidata_facts_are_injected_and_asked_like_synthetic_ones(make_cfg, tmp
     for fact in experiment.knowledge.facts:
         assert injected.count(render(experiment.knowledge, fact, 0, experiment.infusion)) == 2
     assert {"memorization", "extraction"} <= set(experiment.evaluator.suites)
+
+
+def test_a_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+    plain = write(tmp_path / "t.csv", "csv")
+    marked = tmp_path / "bom.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load(marked).facts == load(plain).facts
+
+
+def test_a_latin1_csv_is_named_with_its_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("subject,relation,object\nPerson 1,P19,Oslo\nJosé,P19,Bogotá\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.csv:3: expected UTF-8 text.*iconv"):
+        load(path)

@@ -85,7 +85,10 @@ class Corpus:
             raise ConfigError("data.files", f"files ending in one of {sorted(SUFFIXES)}", path)
         kind = SUFFIXES[suffix]
         if kind == "parquet":
-            parquet = self._parquet(path)
+            try:
+                parquet = self._parquet(path)
+            except (pa.ArrowException, OSError) as error:
+                raise ConfigError(path, "a parquet file whose footer and schema can be read", hint=str(error)) from None
             schema = parquet.schema_arrow
             column = schema.field(self.text_column).type if self.text_column in schema.names else None
             if column is None or not (pa.types.is_string(column) or pa.types.is_large_string(column)):
@@ -96,9 +99,18 @@ class Corpus:
         fs, inner = fsspec.core.url_to_fs(path)
         blocks = -(-fs.size(inner) // self.block_bytes)
         units = [Unit(path, kind, b) for b in range(blocks)]
-        if units:
-            next(self.documents(units[0]), None)  # a malformed file fails here, not in a loader worker
         return units
+
+    def check(self) -> None:
+        """Parses every line of every JSON-lines file once, as training will read it, so that a malformed line
+        stops the run before training with its file and line, even in a unit that is never trained on."""
+        for path in dict.fromkeys(u.path for u in self.units if u.kind == "jsonl"):
+            with fsspec.open(path, "rb") as file:
+                offset = 0
+                for number, line in enumerate(file, 1):
+                    if line.strip():
+                        self._record(f"{path}:{number} (line at byte {offset})", line)
+                    offset += len(line)
 
     @staticmethod
     def _parquet(path: str) -> pq.ParquetFile:
@@ -151,13 +163,17 @@ class Corpus:
     def _text(self, unit: Unit, offset: int, line: bytes) -> str:
         if unit.kind == "text":
             return line.decode("utf-8", errors="replace").rstrip("\r\n")
+        return self._record(f"{unit.path} (line at byte {offset})", line)
+
+    def _record(self, where: str, line: bytes) -> str:
+        """The document of one JSON line (UTF-8, a BOM allowed)."""
         try:
-            record = json.loads(line)
+            record = json.loads(line.removeprefix(b"\xef\xbb\xbf"))
         except ValueError:
             record = None
         if not isinstance(record, dict) or not isinstance(record.get(self.text_column), str):
-            expected = f"a JSON object with a string '{self.text_column}' field"
-            raise ConfigError(f"{unit.path} (line at byte {offset})", expected, line[:80].decode(errors="replace"))
+            expected = f"a JSON object with a string '{self.text_column}' field (UTF-8)"
+            raise ConfigError(where, expected, line[:80].decode(errors="replace"))
         return record[self.text_column]
 
     def texts(self, units: Iterable[Unit]) -> Iterator[str]:

@@ -74,10 +74,13 @@ def _streamed(cfg: DictConfig, files: list[str], mentions: MentionFilter, budget
     """Files as lanes; the last `heldout_units` units (in file order) are held out."""
     data = cfg.data
     corpus = Corpus(files, data.text_column, int(data.block_bytes))
+    corpus.check()
     held = data.heldout_units
     if not isinstance(held, int) or not 0 <= held < len(corpus.units):
         raise ConfigError("data.heldout_units", f"0 to {len(corpus.units) - 1}: the corpus has {len(corpus.units)} "
-                          "units (parquet row groups or byte blocks)", held)
+                          f"units (parquet row groups, or blocks of data.block_bytes={data.block_bytes} bytes of "
+                          "JSON-lines and text files)", held, hint="with small files, lower data.block_bytes so "
+                          "that some units are left to train on, or set data.heldout_units=0")
     train, heldout = corpus.units[: len(corpus.units) - held], corpus.units[len(corpus.units) - held :]
     sample = itertools.islice(corpus.texts(train), int(data.tokenizer.train_docs))
     tokenizer = tokenizers.build(data.tokenizer, sample, cfg.paths.cache_dir)

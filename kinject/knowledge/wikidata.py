@@ -10,11 +10,13 @@ subject, so multi-valued properties are asked fairly.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -37,7 +39,7 @@ class Triple:
 def _records(path: str) -> Iterator[tuple[str, Any]]:
     """(file:line, record) for every non-blank line or row of a JSON-lines, CSV or TSV file."""
     suffix = os.path.splitext(path)[1].lower()
-    with open(path, newline="", encoding="utf-8") as file:
+    with io.StringIO(_text(path), newline="") as file:
         if suffix in (".csv", ".tsv"):
             reader = csv.DictReader(file, delimiter="\t" if suffix == ".tsv" else ",")
             for row in reader:
@@ -53,6 +55,17 @@ def _records(path: str) -> Iterator[tuple[str, Any]]:
                 yield f"{path}:{number}", record
         else:
             raise ConfigError("knowledge.files", "files ending in .jsonl, .json, .csv or .tsv", path)
+
+
+def _text(path: str) -> str:
+    """The file as UTF-8 text (a byte-order mark is dropped); other encodings are named with their line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}", "UTF-8 text", data[error.start : error.start + 8],
+                          hint="convert the file, e.g. iconv -f latin1 -t utf-8") from None
 
 
 def _triple(where: str, record: Any) -> Triple:

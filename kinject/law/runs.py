@@ -9,6 +9,7 @@ kinject.law.curves.
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -18,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from kinject.fingerprint import settings
 from kinject.law.curves import Curve, Group
 from kinject.results import FILENAME, scan
 
 DEFAULT_METRIC = "memorization/acc_token"
+AXES = ("infusion.freq", "infusion.format", "infusion.paraphrase", "seed", "tokens")  # what a fit spans, not a condition
 PARAMS = {"non_embedding": "non-embedding parameters", "total": "all parameters, embeddings included"}
 CSV_COLUMNS = ("model", "params", "tokens", "freq", "acc")
 CSV_OPTIONAL = ("seed", "n_items")
@@ -44,7 +47,7 @@ class Run:
     n_items: int | None = None
     fact_ids: tuple[int, ...] | None = None
     items: np.ndarray | None = None  # per-item 0/1 outcomes
-    condition: tuple[tuple[str, str], ...] = ()  # infusion settings: format, paraphrase
+    condition: tuple[tuple[str, str], ...] = ()  # format, paraphrase and every other setting but the axes
     source: str = ""
 
 
@@ -74,8 +77,14 @@ def _lookup(config: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def _condition(format_: Any, paraphrase: Any) -> tuple[tuple[str, str], ...]:
-    return tuple((k, str(v)) for k, v in (("format", format_), ("paraphrase", paraphrase)) if v is not None)
+def _condition(format_: Any, paraphrase: Any, config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Format and paraphrase, then every other deciding setting of the run's config (data, knowledge, world,
+    optimizer, ...) but the axes of the fit (model size, D, F, seed): runs that differ in any of them are
+    never pooled into one curve (to_groups keeps those that vary across the table)."""
+    named = [(k, str(v)) for k, v in (("format", format_), ("paraphrase", paraphrase)) if v is not None]
+    rest = [(key, json.dumps(value, sort_keys=True, default=str)) for key, value in settings(config).items()
+            if key not in AXES and not key.startswith(("model.", "derived."))]
+    return tuple(named + rest)
 
 
 def _from_results(path: Path, payload: dict[str, Any], metric: str) -> Run | str:
@@ -93,7 +102,7 @@ def _from_results(path: Path, payload: dict[str, Any], metric: str) -> Run | str
         tokens=float(payload["budget"]["tokens"]), freq=float(infusion["freq"]), acc=float(value),
         seed=payload["run"].get("seed"), n_items=None if items is None else items.size,
         fact_ids=tuple(outcomes["fact_id"]) if items is not None and "fact_id" in outcomes else None,
-        items=items, condition=_condition(infusion.get("format"), infusion.get("paraphrase")),
+        items=items, condition=_condition(infusion.get("format"), infusion.get("paraphrase"), payload.get("config", {})),
         source=str(path))
 
 
@@ -160,7 +169,7 @@ def load_wandb(path: str, metric: str = DEFAULT_METRIC, group: str | None = None
             params={k: float(derived[f"params_{k}"]) for k in PARAMS if derived.get(f"params_{k}") is not None},
             tokens=float(needed["derived.tokens"]), freq=float(needed["infusion.freq"]), acc=float(needed[metric]),
             seed=_lookup(config, "seed"), n_items=None if n_items is None else int(n_items),
-            condition=_condition(_lookup(config, "infusion.format"), _lookup(config, "infusion.paraphrase")),
+            condition=_condition(_lookup(config, "infusion.format"), _lookup(config, "infusion.paraphrase"), config),
             source=where))
     if not table.runs and not table.notes:
         raise TableError(f"wandb:{path}: no runs match filters {filters or '(none)'}")
@@ -223,7 +232,7 @@ def _label(model: str, tokens: float, condition: tuple[tuple[str, str], ...], va
 
 
 def to_groups(table: Table, params: str = "non_embedding") -> list[Group]:
-    """One P(F) curve per (model, D, format, paraphrase); seeds are replicates. Only the settings
+    """One P(F) curve per (model, D, condition); seeds are replicates. Only the settings
     that vary across the table appear in labels and conditions (one law is fitted per condition)."""
     if not table.runs:
         raise TableError("no usable runs" + (": " + "; ".join(table.notes[:5]) if table.notes else ""))

@@ -12,6 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from kinject.evaluation.scoring import Evaluation, Evaluator
+from kinject.fingerprint import fingerprint
 from kinject.training.distributed import OncePerStep
 
 log = logging.getLogger("kinject")
@@ -121,13 +122,15 @@ class TokensPerSecond(L.Callback):
 
 
 class ConfigInCheckpoint(L.Callback):
-    """Stores the run's resolved config in every checkpoint, so evaluate.py needs nothing else."""
+    """Stores the run's resolved config and its fingerprint in every checkpoint, so evaluate.py needs nothing
+    else and a folder's checkpoint is only ever resumed by the same settings."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["kinject_config"] = self.config
+        checkpoint["kinject_fingerprint"] = fingerprint(self.config)
 
 
 class StepProgressBar(TQDMProgressBar):

@@ -46,6 +46,14 @@ def guard_local_ddp(cfg: DictConfig) -> None:
                           hint="run multi-device jobs one at a time, or sweep with hydra/launcher=slurm")
 
 
+def check_devices(cfg: DictConfig) -> None:
+    """A GPU trainer on a machine without one is refused with the key and the CPU alternatives."""
+    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator", "a machine with a CUDA GPU", cfg.trainer.accelerator,
+                          hint="no GPU is visible here: use trainer=cpu, or trainer=ddp_cpu / fsdp_cpu for several "
+                          "CPU processes")
+
+
 class OncePerStep:
     """Lightning advances `global_step` before `on_train_batch_end`, so with gradient accumulation a hook
     keyed on the step sees each step on `accumulation` consecutive micro-batches (after a resume, the
