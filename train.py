@@ -43,6 +43,7 @@ from kinject.training.throughput import MFUMonitor
 from kinject.validation import check_additions, validate
 
 log = logging.getLogger("kinject")
+SPLIT_LOSSES = ("train/loss_injected", "train/loss_background")
 
 
 def build_module(cfg: DictConfig, experiment: Experiment, on_meta: bool = False) -> CausalLM:
@@ -121,7 +122,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         output_dir,
         run={"name": cfg.run_name or "default", "sweep": cfg.sweep, "seed": int(cfg.seed), "output_dir": str(output_dir)},
         model={"name": cfg.model.name, "params_total": params_total, "params_non_embedding": params_non_embedding},
-        budget=budget.summary(),
+        budget=experiment.budget_summary(),
         infusion=experiment.summary(),
         fingerprint=fingerprint(config),
         config=config,
@@ -139,7 +140,9 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
             raise RuntimeError(f"training ended at step {trainer.global_step} of {budget.steps} without a final "
                                f"evaluation; re-score the checkpoint with `python evaluate.py ckpt={last}`")
         filtered = experiment.datamodule.filter_stats().as_dict()
-        metrics = {**final.metrics, "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+        logged = trainer.callback_metrics
+        metrics = {**final.metrics, "train/loss": float(logged.get("train/loss", float("nan"))),
+                   **{key: float(logged[key]) for key in SPLIT_LOSSES if key in logged}}
         per_relation = final.per_relation()
         record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
         if trainer.is_global_zero:

@@ -1,4 +1,5 @@
-"""Memorization scorer: all options of a batch of items in one forward pass, against one pass per option.
+"""Memorization scorer: all options of a batch of items in one forward pass, against one pass per option;
+then what the scores without a ceiling (gold log-probability, margin, rank) add to a whole evaluation.
 
     python benchmarks/scorer_speed.py [model=small] [knowledge.num_facts=...]
 """
@@ -11,6 +12,7 @@ import torch
 from _common import config
 from omegaconf import OmegaConf
 
+from kinject.evaluation import scoring
 from kinject.evaluation.scoring import option_logprobs
 from kinject.run.experiment import prepare
 from kinject.training.lightning_module import CausalLM
@@ -40,6 +42,21 @@ def main() -> None:
         print(f"{name:38s}: {n / timings[name]:8.1f} items/s")
     batched, naive = timings.values()
     print(f"speed-up: {naive / batched:.1f}x on {n} items x 4 options, model {cfg.model.name}, {torch.get_num_threads()} threads")
+
+    whole = {}
+    unbounded = scoring.scores_without_ceiling
+    for name, scores in (("without", lambda score, gold: {}), ("with", unbounded)):
+        scoring.scores_without_ceiling = scores
+        experiment.evaluator(model)
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            experiment.evaluator(model)
+            runs.append(time.perf_counter() - start)
+        whole[name] = min(runs)
+    scoring.scores_without_ceiling = unbounded
+    print(f"whole evaluation ({', '.join(experiment.evaluator.suites)}, held-out loss): {whole['without']:.3f} s "
+          f"without, {whole['with']:.3f} s with the unbounded scores ({100 * (whole['with'] / whole['without'] - 1):+.1f}%)")
 
 
 if __name__ == "__main__":

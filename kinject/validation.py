@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kinject.data.sources import BACKGROUND_SOURCES
 from kinject.errors import ConfigError
-from kinject.evaluation.scoring import SCORINGS
+from kinject.evaluation.scoring import SCORINGS, TRADEOFF, UNBOUNDED
 from kinject.evaluation.suites import SUITES
 from kinject.infusion.formats import FORMATS, PARAPHRASES
 from kinject.knowledge.sources import KNOWLEDGE_SOURCES
@@ -26,8 +26,9 @@ from kinject.knowledge.sources import KNOWLEDGE_SOURCES
 
 def metrics() -> tuple[str, ...]:
     """The values `metric` accepts: every registered suite's accuracies, the held-out and training loss."""
-    return tuple(f"{suite}/acc_{scoring}" for suite in SUITES.names() for scoring in SCORINGS) + ("heldout/loss",
-                                                                                                  "train/loss")
+    scores = [f"acc_{scoring}" for scoring in SCORINGS] + list(UNBOUNDED)
+    return tuple(f"{suite}/{score}" for suite in SUITES.names() for score in scores) + (
+        "heldout/loss", "train/loss", "train/loss_injected", "train/loss_background", TRADEOFF)
 _ABSENT = object()
 
 
@@ -115,6 +116,7 @@ RULES = (
     Rule("eval.background_facts", int, 0),
     Rule("eval.heldout_sequences", int, 0),
     Rule("eval.batch_items", int, 1),
+    Rule("eval.tradeoff_weight", float, 0, 1),
     Rule("eval.heldout_batch", int, 1),
     Rule("eval.seed", int, 0),
     Rule("world.seed", int, 0),

@@ -25,6 +25,8 @@ from kinject.data.tokenizer import encode_documents
 from kinject.knowledge.facts import Item
 
 SCORINGS = ("sum", "token", "char")
+UNBOUNDED = ("gold_logprob", "margin", "gold_rank")
+TRADEOFF = "tradeoff/score"
 
 
 @dataclass(frozen=True)
@@ -126,20 +128,35 @@ class Evaluation:
         return table
 
 
+def scores_without_ceiling(score: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarray]:
+    """Per item, from per-token log-likelihoods (items x options): the gold option's (`gold_logprob`), its lead
+    over the best distractor (`margin`, negative when wrong) and its rank (`gold_rank`, 1 = chosen). Accuracy
+    sits at 1.0 once every gold option wins; these keep moving, so a decline past saturation shows."""
+    rows = np.arange(len(gold))
+    gold_score = score[rows, gold]
+    others = score.copy()
+    others[rows, gold] = -np.inf
+    ranks = 1.0 + (score > gold_score[:, None]).sum(axis=1)
+    return dict(zip(UNBOUNDED, (gold_score, gold_score - others.max(axis=1), ranks)))
+
+
 class Evaluator:
-    """Scores fixed suites of items (memorization, extraction, background) and held-out text.
+    """Scores fixed suites of items (memorization, extraction, question, background) and held-out text, and
+    the trade-off between specialization and forgetting: `tradeoff_weight` x memorization accuracy plus the
+    rest x background accuracy (per-token scoring), when both suites are scored.
 
     `heldout_batch` bounds the memory of the held-out loss: its logits (sequences x seq_len x vocab)
     are the largest tensor of an evaluation, so it goes through a few sequences at a time.
     """
 
     def __init__(self, tokenizer, suites: dict[str, Sequence[Item]], heldout: torch.Tensor, batch_items: int = 64,
-                 heldout_batch: int = 4):
+                 heldout_batch: int = 4, tradeoff_weight: float = 0.5):
         self.pad_id = tokenizer.eos_token_id
         self.suites = {name: encode_items(tokenizer, items) for name, items in suites.items() if items}
         self.heldout = heldout
         self.batch_items = batch_items
         self.heldout_batch = heldout_batch
+        self.tradeoff_weight = tradeoff_weight
 
     @torch.no_grad()
     def __call__(self, model, precision: ContextManager | None = None) -> Evaluation:
@@ -166,10 +183,17 @@ class Evaluator:
                 correct = (score.argmax(axis=1) == gold).astype(int)
                 record[f"correct_{scoring}"] = correct.tolist()
                 metrics[f"{name}/acc_{scoring}"] = float(correct.mean())
+            unbounded = scores_without_ceiling(scores["token"], gold)
+            for score, values in unbounded.items():
+                record[score] = np.round(values, 4).tolist()
+                metrics[f"{name}/{score}"] = float(values.mean())
             metrics[f"{name}/n_items"] = len(encoded.items)
             items[name] = record
         if len(self.heldout):
             metrics["heldout/loss"] = self.heldout_loss(model)
+        if {"memorization", "background"} <= self.suites.keys():
+            w = self.tradeoff_weight
+            metrics[TRADEOFF] = w * metrics["memorization/acc_token"] + (1 - w) * metrics["background/acc_token"]
         model.train(was_training)
         return Evaluation(metrics, items)
 

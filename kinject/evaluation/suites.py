@@ -50,6 +50,17 @@ def extraction(inputs: SuiteInputs) -> list[Item]:
     return multiple_choice(knowledge, prompts, inputs.seed)
 
 
+@SUITES.register("question")
+def question(inputs: SuiteInputs) -> list[Item]:
+    """The injected facts asked as the paper asks them: the relation's question, each option as the answer.
+    Empty when the relations have no questions (knowledge.relations.NAME.questions)."""
+    knowledge = inputs.knowledge
+    if not all(knowledge.relations[f.relation].questions for f in knowledge.facts):
+        return []
+    prompts = [knowledge.relations[f.relation].qa_prompt(0, f.subject) for f in knowledge.facts]
+    return multiple_choice(knowledge, prompts, inputs.seed)
+
+
 @SUITES.register("background")
 def background(inputs: SuiteInputs) -> list[Item]:
     """Facts the background corpus teaches (forgetting): a seeded sample of the synthetic world's."""

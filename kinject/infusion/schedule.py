@@ -1,7 +1,7 @@
 """Where each injected fact goes: a pure function of (seed, F, number of facts, number of sequences).
 
 Each fact appears exactly F times. Its k-th exposure falls in the k-th of F equal slices of the
-run's sequences, so every fact's last exposure is near the end whatever F is. Within a slice the
+run's sequences, so a fact's last exposure falls in the last 1/F of the run. Within a slice the
 facts are laid out in a seeded order at even spacing, so injected text never bunches up and a
 resumed or re-sharded run computes the very same placement.
 """

@@ -1,9 +1,9 @@
 """The training stream: background text with templated facts spliced in, as fixed-length sequences.
 
 Sequence i of the run is a pure function of (config, seed, i): the facts the schedule puts there
-(each as its own document), then the rest of the i-th background chunk. The background chunk for
-a given i is the same at every F, so runs that differ only in F see the same background text in
-the same order. A run reads sequences by global index from its optimizer step on, which makes
+(each as its own document), then the rest of the i-th background chunk. Chunk i is the same at every
+F, but the injected texts displace its head: the total budget is fixed, so a run at higher F trains
+on less background (`Experiment.budget_summary` counts both). A run reads sequences by global index from its optimizer step on, which makes
 resume exact and the data per step the same for any number of devices.
 
 A background is either random access (the embedded world, tokenized once) or a set of streamed

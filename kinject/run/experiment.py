@@ -38,6 +38,13 @@ class Experiment:
     datamodule: InfusionDataModule
     evaluator: Evaluator
 
+    def budget_summary(self) -> dict[str, Any]:
+        """The `budget` section of the record: D trained, and how much of it was injected text and background
+        (injection displaces background: the budget is the same total at every F)."""
+        injected = self.datamodule.dataset.injected_tokens
+        return {**self.budget.summary(), "injected_tokens": injected,
+                "background_tokens": self.budget.tokens_trained - injected}
+
     def summary(self) -> dict[str, Any]:
         """What every run logs about its infusion: F, K, injected tokens and their share of the budget."""
         dataset = self.datamodule.dataset
@@ -79,6 +86,6 @@ def prepare(cfg: DictConfig) -> Experiment:
                                                                int(cfg.eval.seed)))
     heldout = heldout_sequences(tokenizer, background.heldout_documents, budget.seq_len, cfg.eval.heldout_sequences)
     evaluator = Evaluator(tokenizer, suites, heldout, batch_items=int(cfg.eval.batch_items),
-                          heldout_batch=int(cfg.eval.heldout_batch))
+                          heldout_batch=int(cfg.eval.heldout_batch), tradeoff_weight=float(cfg.eval.tradeoff_weight))
     datamodule = InfusionDataModule(dataset, budget.batch_size, budget.micro_batch_size, int(cfg.data.num_workers))
     return Experiment(tokenizer, knowledge, infusion, budget, spec, vocab_size, datamodule, evaluator)

@@ -1,0 +1,60 @@
+"""Instruments that can see a decline: scores without a ceiling, the question suite, the training loss on
+injected and background tokens apart, the budget's split between them, and the trade-off score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import train as train_script
+from kinject import results
+from kinject.evaluation.scoring import scores_without_ceiling
+from kinject.run.experiment import prepare
+from kinject.training.lightning_module import split_loss
+
+
+def test_scores_without_a_ceiling_keep_moving_where_accuracy_cannot():
+    score = np.array([[-1.0, -2.0, -3.0, -4.0], [-3.0, -1.0, -2.0, -4.0], [-0.5, -3.0, -3.0, -3.0]])
+    scores = scores_without_ceiling(score, np.array([0, 0, 0]))
+    assert scores["gold_logprob"].tolist() == [-1.0, -3.0, -0.5]
+    assert scores["margin"].tolist() == [1.0, -2.0, 2.5]  # items 1 and 3 are both right; the margin tells them apart
+    assert scores["gold_rank"].tolist() == [1.0, 3.0, 1.0]
+
+
+def test_the_question_suite_asks_the_same_items_as_a_question(make_cfg):
+    suites = prepare(make_cfg()).evaluator.suites
+    memorization, question = suites["memorization"].items, suites["question"].items
+    assert all(q.prompt.startswith("Question: ") and q.prompt.endswith("Answer:") for q in question)
+    assert [(q.fact_id, q.options, q.gold) for q in question] == [(m.fact_id, m.options, m.gold) for m in memorization]
+
+
+def test_the_training_loss_splits_into_injected_and_background_tokens():
+    torch.manual_seed(0)
+    logits, ids = torch.randn(2, 6, 11), torch.randint(0, 11, (2, 6))
+    split = split_loss(logits, ids, torch.tensor([3, 0]))
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    assert split["train/loss_injected"] == pytest.approx(float(per_token[0, :2].mean()))
+    background = torch.cat([per_token[0, 2:], per_token[1]])
+    assert split["train/loss_background"] == pytest.approx(float(background.mean()))
+    assert (2 * split["train/loss_injected"] + 8 * split["train/loss_background"]) / 10 == pytest.approx(
+        float(per_token.mean()))
+
+
+def test_the_recorded_budget_split_is_what_the_loader_yields(make_cfg):
+    experiment = prepare(make_cfg("infusion.freq=8"))
+    dataset, budget = experiment.datamodule.dataset, experiment.budget
+    injected = sum(int(dataset[i]["injected"]) for i in range(budget.sequences))
+    summary = experiment.budget_summary()
+    assert summary["injected_tokens"] == injected > 0
+    assert summary["background_tokens"] == budget.sequences * budget.seq_len - injected
+    assert summary["tokens"] == summary["injected_tokens"] + summary["background_tokens"]
+
+
+def test_a_run_records_the_tradeoff_and_both_training_losses(make_cfg):
+    cfg = make_cfg("eval.tradeoff_weight=0.25")
+    train_script.train(cfg)
+    metrics = results.read(f"{cfg.paths.output_dir}/results.json")["metrics"]
+    expected = 0.25 * metrics["memorization/acc_token"] + 0.75 * metrics["background/acc_token"]
+    assert metrics["tradeoff/score"] == pytest.approx(expected)
+    assert {"train/loss_injected", "train/loss_background", "memorization/margin", "question/acc_token"} <= set(metrics)
