@@ -3,17 +3,25 @@
 The one definition of tokens trained (steps x batch x seq_len, which can be a little under the
 `tokens` asked for) and of accumulation (the global batch over micro-batches x devices), for
 the run's record, its logs, its data order and its throughput.
+
+Two budget modes (`infusion.budget`), named because they answer different questions:
+- `fixed_total` (the paper's): D = `tokens` at every F, so injected text displaces background text;
+- `fixed_background`: the background stream is the same at every F and the run grows by the
+  injected tokens (rounded up to whole steps, with more of the same stream), so forgetting is not
+  confounded with less background data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kinject.errors import ConfigError
+
+MODES = ("fixed_total", "fixed_background")
 
 
 @dataclass(frozen=True)
@@ -23,10 +31,19 @@ class Budget:
     batch_size: int
     micro_batch_size: int
     world_size: int
+    extra_steps: int = 0  # steps added for injected text (fixed_background)
+
+    @property
+    def background_steps(self) -> int:
+        return self.tokens // (self.batch_size * self.seq_len)
 
     @property
     def steps(self) -> int:
-        return self.tokens // (self.batch_size * self.seq_len)
+        return self.background_steps + self.extra_steps
+
+    def grown(self, injected_tokens: int) -> Budget:
+        """The budget of a fixed_background run: room for the injected tokens on top of the background."""
+        return replace(self, extra_steps=-(-injected_tokens // self.tokens_per_step))
 
     @property
     def sequences(self) -> int:
@@ -56,7 +73,7 @@ class Budget:
         if budget.batch_size % (budget.micro_batch_size * budget.world_size):
             raise ConfigError("data.batch_size", "a multiple of data.micro_batch_size x devices",
                               (budget.batch_size, budget.micro_batch_size, budget.world_size))
-        if budget.steps < 1:
+        if budget.background_steps < 1:
             raise ConfigError("tokens", f"at least one step of {budget.tokens_per_step} tokens", budget.tokens)
         return budget
 

@@ -46,6 +46,8 @@ def fingerprint(config: Mapping[str, Any]) -> str:
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Deciding settings whose values differ: key -> (old, new); a key missing on one side is None there."""
+    """Deciding settings whose values differ: key -> (old, new). A setting only one side has was added or
+    removed by a code update (the older run had no such knob) and is not compared, or every folder written
+    before a new setting existed would be refused."""
     a, b = settings(old), settings(new)
-    return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)}
+    return {key: (a[key], b[key]) for key in sorted(a.keys() & b.keys()) if a[key] != b[key]}

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from kinject.budget import MODES
 from kinject.data.sources import BACKGROUND_SOURCES
 from kinject.errors import ConfigError
 from kinject.evaluation.scoring import SCORINGS, TRADEOFF, UNBOUNDED
@@ -100,6 +101,7 @@ RULES = (
     Rule("infusion.paraphrase", str, choices=PARAPHRASES),
     Rule("infusion.seed", int, 0),
     Rule("infusion.max_share", float, 0, 1, low_open=True),
+    Rule("infusion.budget", str, choices=MODES),
     Rule("model.hidden_size", int, 1),
     Rule("model.num_layers", int, 1),
     Rule("model.num_heads", int, 1),

@@ -41,14 +41,41 @@ def test_the_training_loss_splits_into_injected_and_background_tokens():
         float(per_token.mean()))
 
 
-def test_the_recorded_budget_split_is_what_the_loader_yields(make_cfg):
-    experiment = prepare(make_cfg("infusion.freq=8"))
+def _background_trained(experiment) -> np.ndarray:
+    dataset = experiment.datamodule.dataset
+    items = [dataset[i] for i in range(experiment.budget.sequences)]
+    return np.concatenate([item["input_ids"][int(item["injected"]):].numpy() for item in items])
+
+
+@pytest.mark.parametrize("mode", ["fixed_total", "fixed_background"])
+def test_the_recorded_budget_split_is_what_the_loader_yields(make_cfg, mode):
+    experiment = prepare(make_cfg("infusion.freq=8", f"infusion.budget={mode}"))
     dataset, budget = experiment.datamodule.dataset, experiment.budget
     injected = sum(int(dataset[i]["injected"]) for i in range(budget.sequences))
     summary = experiment.budget_summary()
+    assert summary["mode"] == mode
     assert summary["injected_tokens"] == injected > 0
-    assert summary["background_tokens"] == budget.sequences * budget.seq_len - injected
+    assert summary["background_tokens"] == len(_background_trained(experiment)) == budget.sequences * budget.seq_len - injected
     assert summary["tokens"] == summary["injected_tokens"] + summary["background_tokens"]
+
+
+def test_fixed_background_trains_the_same_background_at_every_f_and_grows_the_run(make_cfg):
+    control = prepare(make_cfg("infusion.freq=0", "infusion.budget=fixed_background"))
+    infused = prepare(make_cfg("infusion.freq=64", "infusion.budget=fixed_background"))
+    background, grown = _background_trained(control), _background_trained(infused)
+    assert np.array_equal(grown[: len(background)], background)  # element for element, in the same order
+    assert 0 <= len(grown) - len(background) < infused.budget.tokens_per_step  # rounded up to a whole step
+    assert infused.budget.steps > control.budget.steps == control.budget.background_steps
+    displaced = _background_trained(prepare(make_cfg("infusion.freq=32")))
+    assert len(displaced) < len(background)  # fixed_total: injection takes background's place
+
+
+def test_fixed_background_is_refused_for_a_streamed_corpus(make_cfg, fineweb):
+    from kinject.errors import ConfigError
+    from tests.corpus_files import local
+
+    with pytest.raises(ConfigError, match="infusion.budget: .*data=synthetic"):
+        prepare(local(make_cfg, fineweb[0], "infusion.budget=fixed_background"))
 
 
 def test_a_run_records_the_tradeoff_and_both_training_losses(make_cfg):

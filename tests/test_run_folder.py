@@ -152,3 +152,12 @@ def test_export_refuses_a_folder_that_holds_files(make_cfg, tmp_path):
 def test_fit_law_refuses_a_folder_as_report_path(tmp_path):
     done = _cli(str(tmp_path), "--out", str(tmp_path), script="fit_law.py")
     assert done.returncode == 2 and "--out: expected a file path for the JSON report" in done.stderr
+
+
+def test_a_setting_added_since_a_run_was_written_does_not_refuse_its_folder(make_cfg, tmp_path):
+    folder = tmp_path / "run"
+    train_script.train(make_cfg(output_dir=folder))
+    record = results.RunRecord.read(folder / "results.json")
+    del record.data["config"]["infusion"]["budget"]  # as written by a version that had no infusion.budget
+    record.write()
+    assert train_script.train(make_cfg(output_dir=folder)) == record["metrics"]["memorization/acc_token"]

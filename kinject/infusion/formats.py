@@ -20,10 +20,11 @@ class InfusionConfig:
     format: str = "statement"
     paraphrase: str = "duplicate"
     seed: int = 0
+    budget: str = "fixed_total"  # kinject.budget.MODES
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> InfusionConfig:
-        return cls(int(cfg["freq"]), cfg["format"], cfg["paraphrase"], int(cfg["seed"]))
+        return cls(int(cfg["freq"]), cfg["format"], cfg["paraphrase"], int(cfg["seed"]), cfg["budget"])
 
 
 class Format(Protocol):

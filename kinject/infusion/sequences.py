@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from kinject.budget import Budget, accumulation
-from kinject.data.background import Background
+from kinject.data.background import Background, BackgroundStream
 from kinject.data.filtering import FilterStats
 from kinject.data.tokenizer import encode_documents
 from kinject.errors import ConfigError
@@ -32,28 +32,42 @@ from kinject.infusion.schedule import Schedule
 from kinject.knowledge.facts import KnowledgeSet
 
 
-class InfusedSequences(Dataset):
-    """Training sequence i: the facts scheduled there, then the tail of background chunk i."""
+class ExposureTexts:
+    """The tokenized text of every (fact, variant) a run injects, each tokenized once, and how many tokens
+    the F exposures of all facts take (known before any exposure is placed)."""
 
-    def __init__(
-        self,
-        background: Background,
-        schedule: Schedule,
-        knowledge: KnowledgeSet,
-        infusion: InfusionConfig,
-        tokenizer,
-        seq_len: int,
-    ) -> None:
+    def __init__(self, knowledge: KnowledgeSet, infusion: InfusionConfig, tokenizer) -> None:
+        per_exposure = variants(np.arange(infusion.freq), infusion).tolist()
+        distinct = sorted({(f, v) for f in range(len(knowledge.facts)) for v in set(per_exposure)})
+        texts = [render(knowledge, knowledge.facts[f], v, infusion) for f, v in distinct]
+        self.infusion = infusion
+        self.tokens = dict(zip(distinct, encode_documents(tokenizer, texts)))
+        self.total = sum(len(self.tokens[(f, v)]) for f in range(len(knowledge.facts)) for v in per_exposure)
+
+
+class InfusedSequences(Dataset):
+    """Training sequence i: the facts scheduled there, then background. With `fixed_total` the background
+    is the tail of chunk i (injection displaces it); with `fixed_background` it is the next stretch of one
+    continuous background stream, which every F reads in the same order (needs a background held in memory)."""
+
+    def __init__(self, background: Background, schedule: Schedule, texts: ExposureTexts, seq_len: int,
+                 sequences: int) -> None:
         self.background = background
         self.schedule = schedule
         self.seq_len = seq_len
-        self.variants = variants(schedule.exposure, infusion)
-        pairs = list(zip(schedule.fact.tolist(), self.variants.tolist()))
-        distinct = sorted(set(pairs))
-        texts = [render(knowledge, knowledge.facts[f], v, infusion) for f, v in distinct]
-        self._text = dict(zip(distinct, encode_documents(tokenizer, texts)))
+        self.variants = variants(schedule.exposure, texts.infusion)
+        self._text = texts.tokens
+        pairs = zip(schedule.fact.tolist(), self.variants.tolist())
         self.exposure_tokens = np.array([len(self._text[p]) for p in pairs], dtype=np.int64)
         self.injected_tokens = int(self.exposure_tokens.sum())
+        self.offsets: np.ndarray | None = None
+        if texts.infusion.budget == "fixed_background":
+            if not isinstance(background, BackgroundStream):
+                raise ConfigError("infusion.budget", "fixed_total with a streamed background (data=local or "
+                                  "fineweb_edu)", "fixed_background", hint="fixed_background needs a background held "
+                                  "in memory (data=synthetic) for now")
+            used = np.bincount(schedule.sequence, weights=self.exposure_tokens, minlength=sequences).astype(np.int64)
+            self.offsets = np.concatenate([[0], np.cumsum(seq_len - used)])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         span = self.schedule.at(index)
@@ -61,8 +75,15 @@ class InfusedSequences(Dataset):
         variants = self.variants[span].tolist()
         injected = [self._text[p] for p in zip(facts, variants)]
         used = sum(len(t) for t in injected)
-        chunk, position = self.background.chunk(index)
-        tokens = np.concatenate([*injected, chunk[used:]]) if injected else chunk
+        if self.offsets is None:
+            chunk, position = self.background.chunk(index)
+            chunk = chunk[used:]
+        else:
+            last = len(self.offsets) - 1  # past the run (the loader prefetches), the stream simply goes on
+            start = int(self.offsets[min(index, last)]) + max(0, index - last) * self.seq_len
+            chunk = self.background.tokens(start, self.seq_len - used)
+            position = np.zeros(0, dtype=np.int64)
+        tokens = np.concatenate([*injected, chunk]) if injected else chunk
         return {
             "input_ids": torch.from_numpy(tokens.astype(np.int64)),
             "index": torch.tensor(index),

@@ -19,7 +19,7 @@ from kinject.evaluation.scoring import Evaluator, heldout_sequences
 from kinject.evaluation.suites import SuiteInputs, build_suites
 from kinject.infusion.formats import InfusionConfig
 from kinject.infusion.schedule import plan
-from kinject.infusion.sequences import InfusedSequences, InfusionDataModule, check_fits
+from kinject.infusion.sequences import ExposureTexts, InfusedSequences, InfusionDataModule, check_fits
 from kinject.knowledge.facts import KnowledgeSet
 from kinject.knowledge.sources import KNOWLEDGE_SOURCES
 from kinject.knowledge.world import World, WorldConfig
@@ -40,9 +40,9 @@ class Experiment:
 
     def budget_summary(self) -> dict[str, Any]:
         """The `budget` section of the record: D trained, and how much of it was injected text and background
-        (injection displaces background: the budget is the same total at every F)."""
+        (with fixed_total injection displaces background; with fixed_background the run grows instead)."""
         injected = self.datamodule.dataset.injected_tokens
-        return {**self.budget.summary(), "injected_tokens": injected,
+        return {**self.budget.summary(), "mode": self.infusion.budget, "injected_tokens": injected,
                 "background_tokens": self.budget.tokens_trained - injected}
 
     def summary(self) -> dict[str, Any]:
@@ -77,8 +77,11 @@ def prepare(cfg: DictConfig) -> Experiment:
     tokenizer = background.tokenizer
     vocab_size = resolve_vocab(spec, len(tokenizer))
 
+    texts = ExposureTexts(knowledge, infusion, tokenizer)
+    if infusion.budget == "fixed_background":
+        budget = budget.grown(texts.total)
     schedule = plan(len(knowledge.facts), infusion.freq, budget.sequences, infusion.seed)
-    dataset = InfusedSequences(background.stream, schedule, knowledge, infusion, tokenizer, budget.seq_len)
+    dataset = InfusedSequences(background.stream, schedule, texts, budget.seq_len, budget.sequences)
     check_fits(dataset, budget, infusion.freq, cfg.infusion.max_share)
 
     suites = build_suites(list(cfg.eval.suites), SuiteInputs(knowledge, infusion, int(cfg.knowledge.seed),
