@@ -131,7 +131,8 @@ RULES = (
 def validate(cfg: DictConfig) -> None:
     """Raises ConfigError for a value with no default left unset, then for the first value that breaks its
     rule; a list is checked item by item where allowed."""
-    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra"))
+    missing = sorted(key for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False))
+                     if value == "???" and not key.startswith("hydra"))
     if missing:
         raise ConfigError(missing[0], "a value: this setting has no default",
                           hint=f"set it on the command line, e.g. {missing[0]}=...")
@@ -150,7 +151,7 @@ def check_additions(cfg: DictConfig, overrides: list[str]) -> None:
     """`+key=value` adds a key, and a key nothing reads changes nothing: Hydra's hint for a mistyped key
     (`+infusion.frq=8`) would train the default and exit 0. Additions are accepted only where the config is
     open (extra callbacks, Hydra's own settings) and as Lightning Trainer arguments (`+trainer.NAME`)."""
-    known = _keys(OmegaConf.to_container(cfg, resolve=False))
+    known = [key for key, _ in _leaves(OmegaConf.to_container(cfg, resolve=False))]
     trainer_args = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for override in overrides:
         if not override.startswith("+") or override.startswith("++"):
@@ -165,10 +166,11 @@ def check_additions(cfg: DictConfig, overrides: list[str]) -> None:
                           "see `python train.py --cfg job` for the settings")
 
 
-def _keys(node: Any, prefix: str = "") -> list[str]:
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf, interpolations unresolved (they may need a Hydra run to resolve)."""
     if not isinstance(node, dict):
-        return [prefix]
-    return [key for name, value in node.items() for key in _keys(value, f"{prefix}.{name}" if prefix else str(name))]
+        return [(prefix, node)]
+    return [leaf for name, value in node.items() for leaf in _leaves(value, f"{prefix}.{name}" if prefix else str(name))]
 
 
 def markdown() -> str:

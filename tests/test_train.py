@@ -198,3 +198,11 @@ def test_progress_bar_follows_the_terminal_unless_set(make_cfg, monkeypatch):
         monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
         trainer = train_script.build_trainer(cfg, experiment, [], [])
         assert (trainer.progress_bar_callback is not None) == tty
+
+
+def test_show_batch_cli_prints_a_step_without_a_hydra_run(cache_dir):
+    """Composed outside a Hydra run, as `python -m kinject.run.show_batch` does: no interpolation may need one."""
+    done = subprocess.run([sys.executable, "-m", "kinject.run.show_batch", "step=1", "experiment=smoke", "logger=none",
+                           f"paths.cache_dir={cache_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("step 1: sequences 8 to 15")
