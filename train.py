@@ -26,7 +26,7 @@ from kinject import results
 from kinject.errors import ConfigError
 from kinject.fingerprint import fingerprint
 from kinject.run.experiment import Experiment, prepare
-from kinject.run.folder import claim
+from kinject.run.folder import LAST, claim
 from kinject.run.tracking import make_loggers
 from kinject.training.callbacks import (
     ConfigInCheckpoint,
@@ -109,7 +109,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
 
     budget = experiment.budget
     evaluation = TrainingEvaluation(experiment.evaluator, int(cfg.eval.every_n_steps), budget.tokens_per_step)
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = output_dir / LAST
     loggers = make_loggers(cfg)
     trainer = build_trainer(cfg, experiment, loggers, [
         evaluation,

@@ -68,7 +68,7 @@ def _share(n: int) -> tuple[np.ndarray, int]:
 
 def _gathered(part: np.ndarray) -> np.ndarray:
     """The real entries of every rank's slice, in rank order: the unsharded result."""
-    rank, world = _world()
+    _, world = _world()
     if world == 1:
         return part
     parts: list[np.ndarray] = [np.empty(0)] * world

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from kinject.infusion.formats import InfusionConfig, Statement, extraction_prompt, memorization_prompt
+from kinject.infusion.formats import InfusionConfig, QuestionAnswer, Statement, extraction_prompt, memorization_prompt
 from kinject.knowledge.facts import Item, KnowledgeSet, multiple_choice
 from kinject.knowledge.world import World
 from kinject.registry import Registry
@@ -57,7 +57,7 @@ def question(inputs: SuiteInputs) -> list[Item]:
     knowledge = inputs.knowledge
     if not all(knowledge.relations[f.relation].questions for f in knowledge.facts):
         return []
-    prompts = [knowledge.relations[f.relation].qa_prompt(0, f.subject) for f in knowledge.facts]
+    prompts = [QuestionAnswer().prompt(knowledge.relations[f.relation], f) for f in knowledge.facts]
     return multiple_choice(knowledge, prompts, inputs.seed)
 
 

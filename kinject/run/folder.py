@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 
 from kinject import results
 from kinject.errors import ConfigError
@@ -29,8 +30,8 @@ def previous_config(output_dir: Path) -> dict[str, Any] | None:
     last = output_dir / LAST
     if last.is_file():
         return torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("kinject_config")
-    if (last / "meta.pt").is_file():  # a sharded (FSDP) checkpoint keeps the config beside its shards
-        return torch.load(last / "meta.pt", map_location="cpu", weights_only=True).get("kinject_config")
+    if (last / _METADATA_FILENAME).is_file():  # a sharded (FSDP) checkpoint keeps the config beside its shards
+        return torch.load(last / _METADATA_FILENAME, map_location="cpu", weights_only=True).get("kinject_config")
     return None
 
 
