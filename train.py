@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from kinject import results
@@ -36,32 +37,39 @@ from kinject.training.callbacks import (
     TrainingEvaluation,
 )
 from kinject.training.checkpoint import AtomicCheckpointIO
-from kinject.training.distributed import FSDP2Strategy, check_devices, guard_local_ddp
+from kinject.training.devices import check_devices, job_devices
+from kinject.training.distributed import FSDP2Strategy, guard_local_ddp
 from kinject.training.lightning_module import CausalLM
 from kinject.training.model import count_params, flops_per_token
-from kinject.training.throughput import MFUMonitor
+from kinject.training.preemption import Preempted, Preemption
+from kinject.training.throughput import MFUMonitor, cpu_warning
 from kinject.validation import check_additions, validate
 
 log = logging.getLogger("kinject")
 SPLIT_LOSSES = ("train/loss_injected", "train/loss_background")
 
 
-def build_module(cfg: DictConfig, experiment: Experiment, on_meta: bool = False) -> CausalLM:
-    """The LightningModule, with the FLOPs per batch that ThroughputMonitor turns into MFU. `on_meta`: the
-    weights take no memory until sharded (FSDP2 ranks other than 0, which receive rank 0's)."""
+def build_module(cfg: DictConfig, experiment: Experiment, flops: float | None = None,
+                 on_meta: bool = False) -> CausalLM:
+    """The LightningModule, with the FLOPs per batch that ThroughputMonitor turns into MFU (`flops` per token, counted
+    here when not given). `on_meta`: the weights take no memory until sharded (FSDP2 ranks other than 0, which
+    receive rank 0's)."""
     budget = experiment.budget
     module = CausalLM(model=OmegaConf.to_container(cfg.model, resolve=True), vocab_size=experiment.vocab_size,
                       **OmegaConf.to_container(cfg.optim, resolve=True), total_steps=budget.steps, on_meta=on_meta)
     if cfg.compile:
         module.model.compile()
-    module.flops_per_batch = budget.micro_batch_size * budget.seq_len * flops_per_token(
-        experiment.model, experiment.vocab_size, budget.seq_len)
+    if flops is None:
+        flops = flops_per_token(experiment.model, experiment.vocab_size, budget.seq_len)
+    module.flops_per_batch = budget.micro_batch_size * budget.seq_len * flops
     return module
 
 
-def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callbacks: list[L.Callback]) -> L.Trainer:
+def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callbacks: list[L.Callback],
+                  devices: list[int] | None = None) -> L.Trainer:
     """The Lightning Trainer of a run: budget in steps, atomic checkpoints, one owner of SLURM requeue.
-    `trainer.checkpoint` configures kinject's LastCheckpoint (train.py), not the Trainer."""
+    `trainer.checkpoint` configures kinject's LastCheckpoint (train.py), not the Trainer; `devices` replaces
+    `trainer.devices` (the GPU a job of a local multirun holds)."""
     budget = experiment.budget
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
@@ -72,6 +80,7 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callba
     options = OmegaConf.masked_copy(cfg.trainer, [key for key in cfg.trainer if key != "checkpoint"])
     return instantiate(
         options,
+        **({"devices": devices} if devices is not None else {}),
         max_steps=budget.steps,
         accumulate_grad_batches=budget.accumulation,
         logger=loggers or False,
@@ -97,6 +106,15 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     if done is not None:
         log.info("already complete, skipped: %s", done.path)
         return _returned(cfg, done["metrics"])
+    last = LastCheckpoint(output_dir / LAST, **config["trainer"]["checkpoint"])
+    with Preemption(last) as preemption, job_devices(cfg) as devices:
+        return _train(cfg, config, last, preemption, devices)
+
+
+def _train(cfg: DictConfig, config: dict[str, Any], last_checkpoint: LastCheckpoint, preemption: Preemption,
+           devices: list[int] | None) -> float | tuple[float, ...]:
+    """The run itself, inside the signal handling and holding its GPU (a job of a local multirun)."""
+    output_dir = Path(cfg.paths.output_dir)
     started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -108,15 +126,19 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     experiment = prepare(cfg)
 
     budget = experiment.budget
+    flops = flops_per_token(experiment.model, experiment.vocab_size, budget.seq_len)
+    if cfg.trainer.accelerator == "cpu" and rank_zero_only.rank == 0:
+        warning = cpu_warning(cfg.model.name, flops, budget.tokens_trained, torch.get_num_threads())
+        if warning:
+            log.warning(warning)
     evaluation = TrainingEvaluation(experiment.evaluator, int(cfg.eval.every_n_steps), budget.tokens_per_step)
-    last = output_dir / LAST
+    last = last_checkpoint.path
     loggers = make_loggers(cfg)
-    trainer = build_trainer(cfg, experiment, loggers, [
-        evaluation,
-        ConfigInCheckpoint(config),
-        LastCheckpoint(last, **OmegaConf.to_container(cfg.trainer.checkpoint)),
-    ])
-    module = build_module(cfg, experiment, on_meta=isinstance(trainer.strategy, FSDP2Strategy) and trainer.global_rank > 0)
+    # preemption last: a signal is honoured after the step's evaluation and checkpoint
+    callbacks = [evaluation, ConfigInCheckpoint(config), last_checkpoint, preemption]
+    trainer = build_trainer(cfg, experiment, loggers, callbacks, devices)
+    module = build_module(cfg, experiment, flops,
+                          on_meta=isinstance(trainer.strategy, FSDP2Strategy) and trainer.global_rank > 0)
     params_total, params_non_embedding = count_params(module.model)
     record = results.RunRecord.start(
         output_dir,
@@ -153,8 +175,9 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         outcome = "success"
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning ends Ctrl-C with SystemExit after a graceful stop
         if trainer.is_global_zero:
-            record.interrupt(trainer.global_step, f"{type(stop).__name__}: stopped at step {trainer.global_step}; "
-                             "the same command resumes from the last checkpoint")
+            why = stop.signal_name if isinstance(stop, Preempted) else type(stop).__name__
+            record.interrupt(trainer.global_step, f"{why}: stopped at step {trainer.global_step}; the same command "
+                             "resumes from the last checkpoint")
         raise
     except Exception as error:
         if trainer.is_global_zero:

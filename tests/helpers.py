@@ -44,3 +44,15 @@ class CrashAt(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+class MarkStep(L.Callback):
+    """Creates the file `path` once training has reached `step` (a subprocess test waits for it, then signals)."""
+
+    def __init__(self, path: str, step: int) -> None:
+        self.path = Path(path)
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step and not self.path.exists():
+            self.path.touch()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,15 @@ import pytest
 import submitit
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from evaluate import evaluate
+from kinject.fingerprint import fingerprint
+from kinject.training.devices import free_gpu, job_devices
 from kinject.training.distributed import FSDP2Strategy, fully_shard_llama
 from kinject.training.lightning_module import CausalLM
 from tests.conftest import ROOT, TINY
@@ -163,3 +168,55 @@ def test_under_slurm_only_rank_zero_writes_hydra_files_and_each_rank_logs_apart(
         OmegaConf.update(cfg, "hydra.runtime.output_dir", str(tmp_path), force_add=True)
         assert cfg.hydra.output_subdir == subdir
         assert Path(cfg.hydra.job_logging.handlers.file.filename).name == log
+
+
+def _fake_gpus(monkeypatch, count: int, bf16: bool = True) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+
+
+def _trainer(*overrides: str) -> dict:
+    return OmegaConf.to_container(_compose(*overrides).trainer, resolve=True)
+
+
+def test_the_default_trainer_is_the_cpu_one_here_and_a_gpu_in_bf16_where_cuda_is(make_cfg, monkeypatch):
+    _fake_gpus(monkeypatch, 0)
+    assert _trainer() == _trainer("trainer=cpu")
+    default, cpu = (OmegaConf.to_container(make_cfg(*extra), resolve=True) for extra in ([], ["trainer=cpu"]))
+    assert fingerprint(default) == fingerprint(cpu), "runs of trainer=cpu must resume under the default"
+
+    _fake_gpus(monkeypatch, 8)
+    assert _trainer() == _trainer("trainer=gpu")
+    assert _trainer()["accelerator"] == "gpu" and _trainer()["precision"] == "bf16-mixed"
+    assert _trainer()["devices"] == 1, "one GPU per job"
+    assert _trainer("trainer=cpu")["accelerator"] == "cpu"
+
+    _fake_gpus(monkeypatch, 1, bf16=False)
+    assert _trainer()["precision"] == "16-mixed"
+
+
+def test_a_local_sweep_has_one_worker_per_gpu_and_each_job_holds_its_own(monkeypatch, tmp_path):
+    _fake_gpus(monkeypatch, 0)
+    assert _compose().hydra.launcher.n_jobs == 1, "without GPUs, one job after another, in process"
+    _fake_gpus(monkeypatch, 3)
+    cfg = _compose(f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN")
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 3
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    HydraConfig.instance().set_config(cfg)
+
+    def fourth_job() -> int:
+        with free_gpu(tmp_path / ".gpus", 3, poll_s=0.05) as index:
+            return index
+
+    with ThreadPoolExecutor(1) as pool:
+        with job_devices(cfg) as a, job_devices(cfg) as b, job_devices(cfg) as c:
+            assert [a, b, c] == [[0], [1], [2]]
+            waiting = pool.submit(fourth_job)
+            time.sleep(0.3)
+            assert not waiting.done(), "a fourth job waits while every GPU is held"
+        assert waiting.result(timeout=5) in (0, 1, 2)
+    for single in ("trainer=ddp", "trainer=cpu"):
+        with job_devices(_compose(single, f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN")) as devices:
+            assert devices is None, single

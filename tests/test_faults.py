@@ -17,19 +17,26 @@ import train as train_script
 from kinject import results
 from kinject.files import write_json_atomic
 from kinject.training.checkpoint import AtomicCheckpointIO
+from kinject.training.lightning_module import CausalLM
+from kinject.training.preemption import Preempted
 from tests.conftest import ROOT, TINY
 
 
-def _command(output_dir: Path, cache_dir: Path) -> list[str]:
+def _command(output_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
     return [sys.executable, "train.py", *TINY, "tokens=65536", "trainer.checkpoint.every_n_steps=8",
-            f"paths.cache_dir={cache_dir}", f"paths.output_dir={output_dir}"]
+            f"paths.cache_dir={cache_dir}", f"paths.output_dir={output_dir}", *overrides]
 
 
-def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
-    straight = subprocess.run(_command(tmp_path / "straight", cache_dir), cwd=ROOT, capture_output=True, text=True,
-                              timeout=300)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir) -> dict:
+    """The results of the run the interrupted ones must end up equal to."""
+    folder = tmp_path_factory.mktemp("straight")
+    straight = subprocess.run(_command(folder, cache_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-2000:]
+    return json.loads((folder / "results.json").read_text())
 
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, cache_dir, uninterrupted):
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen(_command(killed_dir, cache_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -45,10 +52,73 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
 
     resumed = subprocess.run(_command(killed_dir, cache_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "straight", killed_dir))
+    a, b = uninterrupted, json.loads((killed_dir / "results.json").read_text())
     assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-5)
     flat = [[x for row in r["items"]["memorization"]["logprob"] for x in row] for r in (a, b)]
     assert flat[0] == pytest.approx(flat[1], abs=1e-3)
+
+
+def test_sigterm_saves_the_current_step_records_it_exits_non_zero_and_the_same_command_resumes(
+        tmp_path, cache_dir, uninterrupted):
+    """What SLURM's preemption or `kill` sends: no periodic checkpoint is due (every 1000 steps), so the one
+    found is the one saved at the step the run stopped at."""
+    folder, mark = tmp_path / "stopped", tmp_path / "step5"
+    command = _command(folder, cache_dir, "trainer.checkpoint.every_n_steps=1000",
+                       "+callbacks.mark._target_=tests.helpers.MarkStep", f"+callbacks.mark.path={mark}",
+                       "+callbacks.mark.step=5")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not mark.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    record = results.read(folder / "results.json")
+    assert record["status"] == "interrupted" and 5 <= record["step"] < 128, record
+    assert "SIGTERM: stopped at step" in record["error"]
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == record["step"]
+
+    resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((folder / "results.json").read_text())
+    assert again["status"] == "complete"
+    assert again["metrics"] == uninterrupted["metrics"]
+    assert again["curve"] == uninterrupted["curve"]
+
+
+def test_a_signal_mid_accumulation_stops_after_that_step_then_the_previous_handler_runs(make_cfg, monkeypatch):
+    """SIGUSR1 during the second of 4 micro-batches of step 4: the step is finished, saved and recorded, then the
+    handler that was installed before the run (submitit's requeue under SLURM) is called."""
+    cfg = make_cfg("data.micro_batch_size=2", "trainer.checkpoint.every_n_steps=1000")
+    out = Path(cfg.paths.output_dir)
+    handed_over = []
+
+    def requeue(signum, frame):
+        handed_over.append((signum, results.read(out / "results.json")["status"]))
+
+    signal.signal(signal.SIGUSR1, requeue)
+    original = CausalLM.training_step
+    micro_batches = []
+
+    def signal_during_step_4(self, batch, batch_idx):
+        if self.global_step == 3:
+            micro_batches.append(batch_idx)
+            if len(micro_batches) == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CausalLM, "training_step", signal_during_step_4)
+    try:
+        with pytest.raises(Preempted) as stopped:
+            train_script.train(cfg)
+        assert signal.getsignal(signal.SIGUSR1) is requeue
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    assert stopped.value.code == 128 + signal.SIGUSR1
+    record = results.read(out / "results.json")
+    assert record["status"] == "interrupted" and record["step"] == 4
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert handed_over == [(signal.SIGUSR1, "interrupted")]
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """How runs are distributed: FSDP2 sharding, a step rule that keeps collectives in step, and the
-combinations known to break, refused up front."""
+combinations known to break, refused up front (which devices a run gets: `kinject.training.devices`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from kinject.errors import ConfigError
 
-_IN_PROCESS_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
+_LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
 
 
 def launcher_rank() -> int:
@@ -32,26 +32,22 @@ OmegaConf.register_new_resolver("kinject.rank_suffix", lambda: f"_rank{launcher_
                                 replace=True)
 
 
+def local_multirun() -> bool:
+    """A job of a multirun on this machine (basic or joblib launcher), not one submitted to SLURM."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    return str(HydraConfig.get().launcher.get("_target_", "")).endswith(_LOCAL_LAUNCHERS)
+
+
 def guard_local_ddp(cfg: DictConfig) -> None:
     """Lightning's subprocess DDP re-runs the whole command in each child: inside a local multirun every
     rank would re-run the sweep (and a sweeper would record each trial twice). One process per job
     locally; multi-device jobs of a sweep go through the SLURM launcher, where each task is one rank."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return
-    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
     devices = cfg.trainer.get("devices", 1)
     multi = devices not in (1, "1") or int(cfg.trainer.get("num_nodes", 1)) > 1
-    if multi and launcher.endswith(_IN_PROCESS_LAUNCHERS):
+    if multi and local_multirun():
         raise ConfigError("trainer.devices", "1 device per job in a local multirun", devices,
                           hint="run multi-device jobs one at a time, or sweep with hydra/launcher=slurm")
-
-
-def check_devices(cfg: DictConfig) -> None:
-    """A GPU trainer on a machine without one is refused with the key and the CPU alternatives."""
-    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.accelerator", "a machine with a CUDA GPU", cfg.trainer.accelerator,
-                          hint="no GPU is visible here: use trainer=cpu, or trainer=ddp_cpu / fsdp_cpu for several "
-                          "CPU processes")
 
 
 class OncePerStep:
