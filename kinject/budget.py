@@ -78,6 +78,28 @@ class Budget:
         return budget
 
 
+def check_injection(budget: Budget, injected_tokens: int, exposures: int, freq: int, max_share: float) -> None:
+    """Refuses an injection over `max_share` of the tokens trained: a run before training, the plan
+    (`python -m kinject.plan`) for each of its jobs."""
+    total = budget.tokens_trained
+    share = injected_tokens / total
+    if share > max_share:
+        raise ConfigError(
+            "infusion.freq",
+            f"injected text within infusion.max_share={max_share} of the budget",
+            freq,
+            hint=f"{exposures} exposures take {injected_tokens} of {total} tokens ({share:.0%}); lower "
+            "infusion.freq or knowledge.num_facts, or raise tokens",
+        )
+
+
+def check_room(busiest: int, seq_len: int) -> None:
+    """Refuses a schedule whose busiest sequence gets more injected tokens than it holds."""
+    if busiest > seq_len:
+        raise ConfigError("data.seq_len", f"room for the {busiest} injected tokens the busiest sequence gets", seq_len,
+                          hint="raise data.seq_len or tokens, or lower infusion.freq or knowledge.num_facts")
+
+
 def accumulation(batch_size: int, micro_batch_size: int, world_size: int) -> int:
     """Micro-batches per optimizer step on each rank: the global batch is kept for any device count."""
     return batch_size // (micro_batch_size * world_size)

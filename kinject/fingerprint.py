@@ -5,7 +5,8 @@ Left out (they change where and how fast a run goes, not what it learns or how i
 loggers, sweep and run names, the returned metric, resume and skip flags, threads, extra callbacks,
 compile, devices, nodes, strategy and accelerator (the data of every step is the same on any number
 of devices), micro-batch size and loader workers (the global batch is kept), progress bar, logging
-and checkpoint intervals, and the evaluation's batching and learning-curve interval.
+and checkpoint intervals, the evaluation's batching and learning-curve interval, and lookup tables whose
+entry a run uses is a setting of its own (`tokens_per_model` of experiment=paper decides `tokens`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 
 IGNORED = (
     "paths", "logger", "sweep", "run_name", "metric", "resume", "skip_complete", "overwrite", "threads", "callbacks",
-    "compile", "hydra",
+    "compile", "hydra", "tokens_per_model",
     "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator", "trainer.enable_progress_bar",
     "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.checkpoint",
     "data.micro_batch_size", "data.num_workers",

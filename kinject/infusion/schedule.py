@@ -29,10 +29,15 @@ class Schedule:
         return slice(int(lo), int(hi))
 
 
-def plan(num_facts: int, freq: int, num_sequences: int, seed: int) -> Schedule:
+def check_freq(freq: int, num_sequences: int) -> None:
+    """Refuses more exposures per fact than the run has sequences (each of the F slices needs one)."""
     if freq > num_sequences:
         raise ConfigError("infusion.freq", f"at most the number of training sequences ({num_sequences})", freq,
                           hint="raise tokens or lower infusion.freq")
+
+
+def plan(num_facts: int, freq: int, num_sequences: int, seed: int) -> Schedule:
+    check_freq(freq, num_sequences)
     rng = np.random.default_rng([seed, freq, num_facts, num_sequences])
     order = np.arange(num_facts)
     sequences, facts, exposures = [], [], []

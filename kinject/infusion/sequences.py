@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
-from kinject.budget import Budget, accumulation
+from kinject.budget import Budget, accumulation, check_injection, check_room
 from kinject.data.background import Background, BackgroundStream
 from kinject.data.filtering import FilterStats
 from kinject.data.tokenizer import encode_documents
@@ -94,25 +94,10 @@ class InfusedSequences(Dataset):
 
 def check_fits(dataset: InfusedSequences, budget: Budget, freq: int, max_share: float) -> None:
     """Refuses, before training, an injection over `max_share` of the budget or a sequence it would overflow."""
-    total = budget.tokens_trained
-    share = dataset.injected_tokens / total
-    if share > max_share:
-        raise ConfigError(
-            "infusion.freq",
-            f"injected text within infusion.max_share={max_share} of the budget",
-            freq,
-            hint=f"{len(dataset.exposure_tokens)} exposures take {dataset.injected_tokens} of {total} tokens "
-            f"({share:.0%}); lower infusion.freq or knowledge.num_facts, or raise tokens",
-        )
+    check_injection(budget, dataset.injected_tokens, len(dataset.exposure_tokens), freq, max_share)
     if len(dataset.exposure_tokens):
         per_sequence = np.bincount(dataset.schedule.sequence, weights=dataset.exposure_tokens)
-        if per_sequence.max() > budget.seq_len:
-            raise ConfigError(
-                "data.seq_len",
-                f"room for the {int(per_sequence.max())} injected tokens the busiest sequence gets",
-                budget.seq_len,
-                hint="raise data.seq_len or tokens, or lower infusion.freq or knowledge.num_facts",
-            )
+        check_room(int(per_sequence.max()), budget.seq_len)
 
 
 class StepSampler(Sampler[int]):
