@@ -6,10 +6,13 @@ import re
 import socket
 from pathlib import Path
 
+import httpx2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import transformers.utils.hub
+from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
 
 from kinject.data.background import LaneStream
 from kinject.data.corpus import Corpus
@@ -145,6 +148,33 @@ def test_fineweb_without_network_fails_fast_pointing_to_local_data(make_cfg, mon
     monkeypatch.setattr(socket, "create_connection", unreachable)
     with pytest.raises(ConfigError, match=r"huggingface\.co: Name or service not known.*data=local"):
         prepare(make_cfg("data=fineweb_edu", "data.name=sample-100BT"))
+
+
+def _gated(*args, **kwargs):
+    request = httpx2.Request("GET", "https://huggingface.co/meta-llama/Llama-2-7b-hf/resolve/main/tokenizer.json")
+    raise GatedRepoError("401 Client Error: access to this repository is restricted",
+                         response=httpx2.Response(401, request=request))
+
+
+def _offline(*args, **kwargs):
+    raise LocalEntryNotFoundError("cannot reach the hub and the file is not in the cache")
+
+
+@pytest.mark.parametrize("hub, match", [
+    (_gated, r"^data\.tokenizer\.name: .*'meta-llama/Llama-2-7b-hf'\. The hub refused it: meta-llama/Llama-2-7b-hf "
+             r"is a gated repository .*hf auth login.* a local folder .*"
+             r"data\.tokenizer\.name=NousResearch/Llama-2-7b-hf"),
+    (_offline, r"^data\.tokenizer\.name: .*The hub did not give it \(OSError: We couldn't connect.*a local folder .*"
+               r"data\.tokenizer\.name=NousResearch/Llama-2-7b-hf"),
+])
+def test_a_hub_tokenizer_the_hub_refuses_is_one_line_with_the_alternatives(make_cfg, fineweb, monkeypatch, hub, match):
+    """What transformers raises when the hub answers 401 for a gated repository, or cannot be reached."""
+    monkeypatch.setattr(transformers.utils.hub, "hf_hub_download", hub)
+    monkeypatch.setattr(socket, "create_connection", _offline)
+    cfg = local(make_cfg, fineweb[0], "data.tokenizer.kind=hub", "data.tokenizer.name=meta-llama/Llama-2-7b-hf")
+    with pytest.raises(ConfigError, match=match) as refused:
+        prepare(cfg)
+    assert "\n" not in str(refused.value)
 
 
 def test_show_batch_prints_the_decoded_sequences_of_a_step_with_facts_marked(make_cfg, fineweb):

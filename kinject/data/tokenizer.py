@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from filelock import FileLock
+from huggingface_hub.errors import GatedRepoError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -54,16 +55,35 @@ def load_file(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS, pad_token=EOS)
 
 
+# Ungated copies of gated tokenizers (the same vocabulary), named when the hub refuses the original.
+UNGATED = {"meta-llama/Llama-2-7b-hf": "NousResearch/Llama-2-7b-hf"}
+
+
 def load_hub(name: str) -> PreTrainedTokenizerFast:
-    """A pretrained tokenizer by hub name or local folder (offline users pass a folder)."""
+    """A pretrained tokenizer by hub name or local folder (offline users pass a folder). When the hub refuses it,
+    one line says why (a gated repository, or no answer from the hub) and what to use instead."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as error:
-        raise ConfigError("tokenizer.name", "a tokenizer folder or a hub name reachable from here", name,
-                          hint=f"({error.__class__.__name__}); without network use tokenizer=bpe") from None
+        raise ConfigError("data.tokenizer.name", "a tokenizer folder or a hub name this machine may download", name,
+                          hint=_refused(name, error)) from None
     if tokenizer.eos_token_id is None:
-        raise ConfigError("tokenizer.name", "a tokenizer with an end-of-sequence token", name)
+        raise ConfigError("data.tokenizer.name", "a tokenizer with an end-of-sequence token", name)
     return tokenizer
+
+
+def _refused(name: str, error: OSError) -> str:
+    causes = [error]
+    while causes[-1].__cause__ is not None or causes[-1].__context__ is not None:
+        causes.append(causes[-1].__cause__ or causes[-1].__context__)
+    copy = UNGATED.get(name)
+    instead = (f"a local folder holding its files (data.tokenizer.name=/path/to/folder), an ungated copy of the same "
+               f"vocabulary{f' (data.tokenizer.name={copy})' if copy else ''}, or data.tokenizer.kind=bpe")
+    if any(isinstance(cause, GatedRepoError) or "gated repo" in str(cause) for cause in causes):
+        return (f"The hub refused it: {name} is a gated repository (accept its licence on huggingface.co, then "
+                f"`hf auth login` on this machine). Or use {instead}")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"The hub did not give it ({type(error).__name__}: {first_line}). Use {instead}"
 
 
 def build(cfg, texts: Iterable[str], cache_dir: str) -> PreTrainedTokenizerFast:
