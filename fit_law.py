@@ -52,7 +52,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the finished runs of a W&B project")
     parser.add_argument("--group", help="W&B runs of this group only")
     parser.add_argument("--tag", help="W&B runs with this tag only")
-    parser.add_argument("--metric", default=DEFAULT_METRIC, help="accuracy to fit, SUITE/acc_SCORE")
+    parser.add_argument("--metric", default=DEFAULT_METRIC,
+                        help="what to fit: an accuracy SUITE/acc_SCORE, or an unbounded SUITE/margin or SUITE/gold_logprob")
     parser.add_argument("--params", choices=list(PARAMS), default="non_embedding", help="what N counts")
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples (0: no intervals)")
     parser.add_argument("--seed", type=int, default=0)

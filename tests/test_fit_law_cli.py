@@ -35,6 +35,7 @@ def write_run(root: Path, model: str, freq: float, seed: int, rng: np.random.Gen
               status: str = "complete") -> Path:
     params = MODELS[model]
     outcomes = (rng.random(FACTS) < accuracy(params, freq)).astype(int).tolist()
+    margins = np.round(4 * (accuracy(params, freq) - 0.5) + rng.normal(0, 1, FACTS), 4).tolist()
     run_dir = root / f"{model}_f{freq}_s{seed}"
     payload = {
         "schema": "kinject.results/1", "status": status,
@@ -43,9 +44,10 @@ def write_run(root: Path, model: str, freq: float, seed: int, rng: np.random.Gen
         "budget": {"tokens": TOKENS, "seq_len": 128, "batch_size": 16, "steps": 488},
         "infusion": {"freq": freq, "format": "statement", "paraphrase": "duplicate", "num_facts": FACTS},
         "metrics": {"memorization/acc_token": float(np.mean(outcomes)),
-                    "memorization/acc_sum": float(np.mean(outcomes[::-1]))},
+                    "memorization/acc_sum": float(np.mean(outcomes[::-1])),
+                    "memorization/margin": float(np.mean(margins))},
         "items": {"memorization": {"fact_id": list(range(FACTS)), "correct_token": outcomes,
-                                   "correct_sum": outcomes[::-1]}},
+                                   "correct_sum": outcomes[::-1], "margin": margins}},
         "curve": [], "config": {},
     }
     run_dir.mkdir(parents=True)
@@ -224,7 +226,7 @@ def test_csv_loader_reads_optional_columns(tmp_path: Path) -> None:
 
 def test_groups_key_on_what_varies(tmp_path: Path) -> None:
     """Tokens and infusion settings enter the group key only when they vary; seeds are replicates
-    whose per-item outcomes are paired by fact within a seed."""
+    whose per-item outcomes are paired by fact across every F and seed (the same facts)."""
     rng = np.random.default_rng(2)
     for seed in (0, 1):
         for freq in (4, 16, 64):
@@ -239,8 +241,8 @@ def test_groups_key_on_what_varies(tmp_path: Path) -> None:
     assert groups[0].condition == (("format", "statement"),) and groups[0].tokens == TOKENS
     curve = groups[0].curve
     assert curve.freq.tolist() == [4, 4, 16, 16, 64, 64]
-    assert sorted(len(runs) for runs, _ in curve.paired) == [3, 3]
-    assert all(outcomes.shape == (3, FACTS) for _, outcomes in curve.paired)
+    assert [len(runs) for runs, _ in curve.paired] == [6]
+    assert all(outcomes.shape == (6, FACTS) for _, outcomes in curve.paired)
 
 
 def test_runs_of_different_settings_are_never_pooled(tmp_path: Path) -> None:
@@ -256,3 +258,14 @@ def test_runs_of_different_settings_are_never_pooled(tmp_path: Path) -> None:
     groups = to_groups(load_runs([tmp_path / "a", tmp_path / "b"]))
     assert len(groups) == 2
     assert sorted(g.label for g in groups) == ["tiny data.tokenizer.vocab_size=4096", "tiny data.tokenizer.vocab_size=8192"]
+
+
+def test_an_unbounded_margin_is_fitted_without_a_chance_floor(sweep: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "margin.json"
+    assert run_cli(str(sweep), "--metric", "memorization/margin", "--out", str(out)) == 0
+    report = json.loads(out.read_text())
+    for model in report["models"]:
+        assert model["baseline_acc"] < 0 and model["floored"] is None
+        assert model["status"] == "ok" and model["f_star"] == pytest.approx(f_star_of(MODELS[model["model"]]), rel=0.5)
+    assert run_cli(str(sweep), "--metric", "memorization/gold_rank") == 2
+    assert "'SUITE/{margin,gold_logprob}'" in capsys.readouterr().err

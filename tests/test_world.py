@@ -1,4 +1,5 @@
 import re
+from collections import Counter
 
 import pytest
 from omegaconf import OmegaConf
@@ -53,3 +54,29 @@ def test_templates_must_end_with_the_object():
 def test_unknown_relation_name_is_refused_before_training(make_cfg):
     with pytest.raises(ConfigError, match=r"knowledge\.include.*born_on_mars"):
         prepare(make_cfg("knowledge.include=[born_in,born_on_mars]"))
+
+
+def test_background_documents_teach_every_phrasing_held_out_ones_included(make_cfg):
+    world, _ = _world(make_cfg)
+    documents, _ = world.documents()
+    corpus = "\n".join(documents)
+    words = Counter(re.findall(r"[a-z]+", corpus.lower()))
+    for name, relation in world.relations.items():
+        for template in relation.heldout:
+            for word in re.findall(r"[a-z]+", template.replace("{subject}", "").replace("{object}", "").lower()):
+                assert words[word] > 0, (name, word)
+            stem = template.split("{object}")[0]
+            said = [f for f in world.facts if f.relation == name and stem.format(subject=f.subject) in corpus]
+            assert len(said) > len(world.people) // 10, (name, len(said))
+
+
+def test_object_names_span_several_tokens_of_varying_length(make_cfg):
+    world, cfg = _world(make_cfg)
+    experiment = prepare(cfg)
+    for kind, names in world.objects.items():
+        words = {len(n.split()) for n in names}
+        assert len(words) >= 2 and max(words) >= 2, (kind, words)
+    encode = experiment.tokenizer
+    for name, candidates in experiment.knowledge.candidates.items():
+        lengths = {len(encode(" " + c, add_special_tokens=False)["input_ids"]) for c in candidates}
+        assert len(lengths) >= 2 and max(lengths) >= 3, (name, sorted(lengths))

@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from kinject.infusion.formats import InfusionConfig, QuestionAnswer, Statement, extraction_prompt, memorization_prompt
-from kinject.knowledge.facts import Item, KnowledgeSet, multiple_choice
+from kinject.infusion.formats import InfusionConfig, QuestionAnswer, extraction_prompt, memorization_prompt
+from kinject.knowledge.facts import Item, KnowledgeSet, Relation, multiple_choice
 from kinject.knowledge.world import World
 from kinject.registry import Registry
 
@@ -61,17 +61,32 @@ def question(inputs: SuiteInputs) -> list[Item]:
     return multiple_choice(knowledge, prompts, inputs.seed)
 
 
-@SUITES.register("background")
-def background(inputs: SuiteInputs) -> list[Item]:
-    """Facts the background corpus teaches (forgetting): a seeded sample of the synthetic world's."""
+def _background_items(inputs: SuiteInputs, template: Callable[[Relation], str | None]) -> list[Item]:
+    """A seeded sample of the synthetic world's background facts (the same sample for every phrasing)."""
     if inputs.world is None or inputs.background_facts <= 0:
         return []
     known = inputs.world.background_knowledge()
     count = min(inputs.background_facts, len(known.facts))
     pick = np.random.default_rng([inputs.eval_seed, 3]).choice(len(known.facts), count, replace=False)
     chosen = [known.facts[i] for i in sorted(pick)]
-    prompts = [Statement().prompt(known.relations[f.relation], f) for f in chosen]
+    templates = [template(known.relations[f.relation]) for f in chosen]
+    if any(t is None for t in templates):
+        return []
+    prompts = [known.relations[f.relation].prompt(t, f.subject) for f, t in zip(chosen, templates)]
     return multiple_choice(known, prompts, inputs.eval_seed, facts=chosen)
+
+
+@SUITES.register("background")
+def background(inputs: SuiteInputs) -> list[Item]:
+    """Facts the background corpus teaches (forgetting), asked in the relation's first template."""
+    return _background_items(inputs, lambda relation: relation.templates[0])
+
+
+@SUITES.register("background_extraction")
+def background_extraction(inputs: SuiteInputs) -> list[Item]:
+    """The same background facts asked in the held-out phrasing, which the corpus uses for background people
+    only: whether that phrasing was learned at all, the ceiling for `extraction` of the injected facts."""
+    return _background_items(inputs, lambda relation: relation.heldout[0] if relation.heldout else None)
 
 
 def build_suites(names: list[str], inputs: SuiteInputs) -> dict[str, list[Item]]:

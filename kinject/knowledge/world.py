@@ -1,9 +1,12 @@
 """A seeded fictional world: the embedded, offline stand-in for FineWeb-Edu plus Wikidata.
 
-Names are built from syllables, so no fact can be known before training. Background people get
-encyclopedic documents (their facts in varied templates, shuffled, with connective prose); the
-people whose facts are injected are drawn from the same generator but never appear in a document,
-which is the synthetic analogue of the paper's corpus filtering.
+Names are built from syllables, so no fact can be known before training; object names span one to
+four words (a few tokens each, of varying length, as real objects do), so summed and per-token
+scoring can disagree. Background people get encyclopedic documents (their facts in every phrasing
+of their relation, held-out templates included, shuffled, with connective prose): the corpus
+teaches what each phrasing means, so asking an injected fact in a held-out phrasing tests
+extraction, not vocabulary. The people whose facts are injected are drawn from the same generator
+but never appear in a document, the synthetic analogue of the paper's corpus filtering.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ _ONSETS = "b c d f g h k l m n p r s t v z br dr gr kr pr st tr th sh ch".split(
 _VOWELS = "a e i o u ai ea io ou".split()
 _CODAS = ["", "", "n", "r", "l", "s", "th", "nd", "rk", "m"]
 _OCCUPATIONS = (
-    "baker carpenter chemist dentist engineer farmer geologist historian journalist lawyer "
-    "librarian mechanic musician nurse painter pharmacist pilot poet potter sailor surgeon "
-    "tailor teacher translator weaver architect astronomer botanist cartographer diplomat"
-).split()
+    "baker,carpenter,chemist,civil engineer,farmer,geologist,historian,tax lawyer,journalist,librarian,"
+    "ship mechanic,jazz musician,nurse,portrait painter,pharmacist,airline pilot,poet,potter,heart surgeon,"
+    "sailor,primary school teacher,translator,weaver,landscape architect,dentist,radio astronomer,botanist,"
+    "cartographer,diplomat,tailor"
+).split(",")
+_STEM_WORDS = (1, 2, 3)  # words in a place or organisation name, drawn with _STEM_WEIGHTS
+_STEM_WEIGHTS = (0.5, 0.35, 0.15)
 _SUFFIXES = {
     "city": ["", "", "ford", "haven", "burg", "mouth"],
     "country": ["ia", "land", "ary", "istan", "or"],
@@ -86,6 +92,11 @@ class _Names:
                 return name
         raise ConfigError("world", "a world small enough to name uniquely", "too many entities")
 
+    def stem(self) -> str:
+        """One to three words of one to three syllables: names of varying token length."""
+        words = self.rng.choice(_STEM_WORDS, p=_STEM_WEIGHTS)
+        return " ".join(self.word(1 + int(self.rng.integers(3))) for _ in range(words))
+
     def person(self) -> str:
         return self.unique(lambda: f"{self.word(1 + int(self.rng.integers(2)))} {self.word(2)}")
 
@@ -107,7 +118,7 @@ class World:
             else:
                 suffixes = _SUFFIXES.get(kind, [""])
                 self.objects[kind] = [
-                    self._names.unique(lambda: self._names.word(2) + str(rng.choice(suffixes))) for _ in range(count)
+                    self._names.unique(lambda: self._names.stem() + str(rng.choice(suffixes))) for _ in range(count)
                 ]
         for name, relation in self.relations.items():
             if relation.object_type not in self.objects:
@@ -159,7 +170,8 @@ class World:
         sentences = []
         for fact in facts:
             relation = self.relations[fact.relation]
-            template = relation.templates[rng.integers(len(relation.templates))]
+            phrasings = relation.templates + relation.heldout
+            template = phrasings[rng.integers(len(phrasings))]
             sentence = relation.statement(template, subject, fact.object)
             connective = _CONNECTIVES[rng.integers(len(_CONNECTIVES))]
             if connective and sentence.startswith("The "):

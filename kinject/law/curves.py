@@ -2,8 +2,10 @@
 
 Memorization accuracy P at injection frequency F follows P = a F^b exp(-cF), whose optimum
 F* = b/c exists only when b > 0 and c > 0; the chance-floored form 0.25 + a F^b exp(-cF) is
-fitted beside it, and every optimum carries a bootstrap interval. The batched solver (_lm, _huber)
-and the percentile interval live here because law.scaling reuses them on the cross-size law.
+fitted beside it, and every optimum carries a bootstrap interval. Whether there is an optimum at
+all is law.peak's verdict, not the sign of c. An unbounded score (a margin, a log-probability) has
+no chance level: its floor is the F = 0 control. The batched solver (_lm, _huber) and the
+percentile interval live here because law.scaling reuses them on the cross-size law.
 Pure numpy/scipy on arrays: loading and reporting live in law.runs and law.report.
 """
 
@@ -13,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, special
 from scipy.interpolate import make_smoothing_spline
+
+from kinject.law.peak import ALPHA, PeakTest, Saturating, aicc, fit_saturating, means_by_freq, peak_test
 
 CHANCE = 0.25
 LEVEL = 0.95
@@ -38,6 +42,7 @@ class Curve:
     n_items: np.ndarray  # NaN where the source gives only a mean
     # (run indices, outcomes[runs, facts]) for runs scored on the same facts, resampled jointly
     paired: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    bounded: bool = True  # an accuracy in [0, 1] with chance CHANCE; False: an unbounded score
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,10 @@ class CurveFit:
     boot: np.ndarray = field(default_factory=lambda: np.empty((0, 3)))  # (a, b, c) per resample
     model_free: float | None = None
     notes: tuple[str, ...] = ()
+    test: PeakTest | None = None
+    saturating: Saturating | None = None
+    aicc: tuple[float | None, float | None] = (None, None)  # rise-and-fall (plain), saturating
+    preferred: str | None = None  # "rise-and-fall" | "saturating", by AICc (equal parameter counts: by RSS)
 
     @property
     def f_star(self) -> float | None:
@@ -127,9 +136,11 @@ class CurveFit:
             return _interval(self.f_star_boot * _collapse_ratio(self.boot[:, 1]))
 
 
-def _smoothed(acc: np.ndarray, n_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _smoothed(acc: np.ndarray, n_items: np.ndarray, bounded: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy kept off 0 and 1 (Laplace) and its inverse binomial variance; unit weights
-    where only a mean is known."""
+    where only a mean is known, and for an unbounded score (taken as it is)."""
+    if not bounded:
+        return acc, np.ones_like(acc)
     known = np.isfinite(n_items)
     n = np.where(known, n_items, 1.0)
     p = np.where(known, (acc * n + 1) / (n + 2), np.clip(acc, 1e-3, 1 - 1e-3))
@@ -137,10 +148,10 @@ def _smoothed(acc: np.ndarray, n_items: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _loglinear(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, mult: np.ndarray,
-               floor: float) -> np.ndarray:
+               floor: float, bounded: bool) -> np.ndarray:
     """log(P - floor) = log a + b log F - c F is linear: weighted least squares in closed form,
     batched over resamples (B, R); the start of the refinement."""
-    p, w = _smoothed(acc, n_items)
+    p, w = _smoothed(acc, n_items, bounded)
     excess = np.maximum(p - floor, 1e-3)
     design = np.stack([np.ones_like(freq), np.log(freq), -freq / freq.max()], axis=-1)
     weighted = design.T * (mult * w * excess**2)[..., None, :]  # var log(P - floor) = var P / (P - floor)^2
@@ -198,15 +209,16 @@ def _lm(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], theta: np.nd
 def _form(theta: np.ndarray, freq: np.ndarray, acc: np.ndarray, floor: float) -> FormFit:
     fit = FormFit(float(np.exp(theta[0])), float(theta[1]), float(theta[2] / freq.max()), floor, np.nan)
     resid, spread = acc - fit(freq), acc - acc.mean()
-    return replace(fit, r2=float(1 - resid @ resid / (spread @ spread)))
+    return replace(fit, r2=float(1 - resid @ resid / (spread @ spread)) if spread.any() else np.nan)
 
 
-def fit_form(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, floor: float = 0.0) -> FormFit:
+def fit_form(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, floor: float = 0.0,
+             bounded: bool = True) -> FormFit:
     """Closed-form start, refined by scipy's bounded trust-region least squares in P space
     (binomial weights): the log-linear fit alone over-weights runs near chance."""
     ones = np.ones((1, acc.size))
-    start = _loglinear(freq, acc[None], n_items, ones, floor)[0]
-    weight = _smoothed(acc, n_items)[1][None]
+    start = _loglinear(freq, acc[None], n_items, ones, floor, bounded)[0]
+    weight = _smoothed(acc, n_items, bounded)[1][None]
     res = optimize.least_squares(
         lambda t: _residuals(t[None], freq, acc[None], weight, floor)[0][0], start,
         jac=lambda t: _residuals(t[None], freq, acc[None], weight, floor)[1][0],
@@ -215,11 +227,11 @@ def fit_form(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, floor: floa
 
 
 def fit_form_batch(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, mult: np.ndarray,
-                   floor: float = 0.0) -> np.ndarray:
+                   floor: float = 0.0, bounded: bool = True) -> np.ndarray:
     """The estimator of fit_form on every resample (rows of acc, run multiplicities mult) at
     once; returns (B, 3) rows of (log a, b, c * F_max)."""
-    start = _loglinear(freq, acc, n_items, mult, floor)
-    weight = mult * _smoothed(acc, n_items)[1]
+    start = _loglinear(freq, acc, n_items, mult, floor, bounded)
+    weight = mult * _smoothed(acc, n_items, bounded)[1]
     return _lm(lambda t: _residuals(t, freq, acc, weight, floor), start, P_LOWER, P_UPPER)
 
 
@@ -278,51 +290,19 @@ def _interval(samples: np.ndarray, positive: bool = True) -> Interval | None:
     return lo, hi
 
 
-def _flat_p_value(acc: np.ndarray, n_items: np.ndarray) -> float | None:
-    """p-value of 'P does not depend on F' (chi-square against binomial noise); where only
-    means are known, only exactly equal accuracies count as flat. None if not flat."""
-    if not np.all(np.isfinite(n_items)):
-        return 1.0 if np.ptp(acc) == 0 else None
-    w = _smoothed(acc, n_items)[1]
-    mean = w @ acc / w.sum()
-    p_value = float(stats.chi2.sf(w @ (acc - mean) ** 2, acc.size - 1))
-    return p_value if p_value > 1 - LEVEL else None
-
-
-def model_free_peak(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray) -> float | None:
+def model_free_peak(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, bounded: bool = True) -> float | None:
     """Argmax of a smoothing spline of P over log F (smoothness by GCV): a check on F* that
     assumes no functional form. None with fewer than 5 frequencies or a peak at an edge."""
     distinct, inverse = np.unique(freq, return_inverse=True)
     if distinct.size < 5:
         return None
-    w = _smoothed(acc, n_items)[1]
+    w = _smoothed(acc, n_items, bounded)[1]
     w_sum = np.bincount(inverse, w)
     spline = make_smoothing_spline(np.log(distinct), np.bincount(inverse, w * acc) / w_sum,
                                    w=w_sum / w_sum.mean())
     grid = np.linspace(np.log(distinct[0]), np.log(distinct[-1]), 1001)
     peak = int(np.argmax(spline(grid)))
     return float(np.exp(grid[peak])) if 0 < peak < grid.size - 1 else None
-
-
-def _peak_missing(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray) -> str | None:
-    """Why the data show no interior peak, or None if they rise to a maximum and fall after it
-    beyond binomial noise (one-sided two-proportion tests against both ends of the sweep).
-    b, c > 0 alone is not enough: a plateau at P = 1 is also fitted with a peak."""
-    distinct, inverse = np.unique(freq, return_inverse=True)
-    known = bool(np.all(np.isfinite(n_items)))
-    n = np.bincount(inverse, n_items if known else np.ones_like(acc))
-    p = np.bincount(inverse, acc * n_items if known else acc) / n
-    top = int(np.argmax(p))
-    for end, side in ((0, "smallest"), (distinct.size - 1, "largest")):
-        if top == end:
-            return f"P is highest at the {side} F swept ({p[top]:.2f} at F = {distinct[top]:g})"
-        pooled = (p[top] * n[top] + p[end] * n[end]) / (n[top] + n[end])
-        z = (p[top] - p[end]) / np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n[top] + 1 / n[end]))
-        p_value = float(stats.norm.sf(z))
-        if known and p_value > 1 - LEVEL:
-            return (f"P at the {side} F ({p[end]:.2f} at F = {distinct[end]:g}) is not below its maximum "
-                    f"({p[top]:.2f} at F = {distinct[top]:g}) beyond noise (p = {p_value:.2g})")
-    return None
 
 
 def _no_optimum(fit: FormFit) -> str:
@@ -333,9 +313,30 @@ def _no_optimum(fit: FormFit) -> str:
     return f"b = {fit.b:.3g} and c = {fit.c:.3g}, the fitted P has no maximum"
 
 
-def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator) -> CurveFit:
-    """Both forms, F* with its bootstrap interval, the collapse point and a model-free check.
-    F = 0 runs are the no-injection baseline: F^b is 0 there, so they stay out of the fits."""
+def _missing(test: PeakTest, preferred: str, plain: FormFit, points: list[str]) -> str | None:
+    """Why the verdict is 'no interior optimum', or None if the shape test and the model comparison agree on one."""
+    lo, top, hi = points
+    if test.rise <= 0 and test.fall <= 0:
+        return "P does not vary with F"
+    if test.rise <= 0:
+        return f"P is highest at the smallest F swept ({top})"
+    if test.fall <= 0:
+        return f"P does not fall after its maximum ({top}; {hi})"
+    if test.p_rise is not None and test.p_rise >= ALPHA:
+        return f"the rise to the maximum ({lo} to {top}) is within noise (p = {test.p_rise:.2g})"
+    if test.p_fall is not None and test.p_fall >= ALPHA:
+        return (f"the fall after the maximum ({top} to {hi}) is within noise (p = {test.p_fall:.2g}, "
+                "bootstrap against the nearest monotone curve)")
+    if preferred != "rise-and-fall":
+        return "a monotone saturating curve fits as well (AICc)"
+    return None if plain.f_star else _no_optimum(plain)
+
+
+def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: bool = True) -> CurveFit:
+    """The verdict (law.peak: a bootstrap shape test and a model comparison), both forms, F* with its
+    bootstrap interval (unless `interval` is False: the verdict alone), the collapse point and a model-free
+    check. F = 0 runs are the no-injection baseline: F^b is 0 there, so they stay out of the fits (an
+    unbounded score's floor is their mean)."""
     pos = curve.freq > 0
     baseline = float(curve.acc[~pos].mean()) if (~pos).any() else None
     freq, acc, n_items = curve.freq[pos], curve.acc[pos], curve.n_items[pos]
@@ -344,37 +345,55 @@ def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator) -> CurveFit:
     if distinct.size < 3:
         return CurveFit("not fitted", f"needs at least 3 distinct frequencies F > 0, got {distinct.size}",
                         span, baseline)
-    flat = _flat_p_value(acc, n_items)
-    if flat is not None:
-        return CurveFit("no interior optimum", "no interior optimum: accuracy does not vary with F "
-                        f"beyond noise (p = {flat:.2g})", span, baseline)
-    plain, floored = fit_form(freq, acc, n_items), fit_form(freq, acc, n_items, CHANCE)
-    model_free = model_free_peak(freq, acc, n_items)
-    notes = [] if model_free is not None else ["model-free peak: none inside the sweep" if distinct.size >= 5
-                                                 else "model-free peak: needs 5 or more frequencies"]
-    missing = _peak_missing(freq, acc, n_items) or (None if plain.f_star else _no_optimum(plain))
+    if not curve.bounded and baseline is None:
+        return CurveFit("not fitted", "an unbounded score needs F = 0 runs: their mean is its floor", span, None)
+    floor = CHANCE if curve.bounded else baseline
+    plain = fit_form(freq, acc, n_items, 0.0 if curve.bounded else floor, curve.bounded)
+    floored = fit_form(freq, acc, n_items, CHANCE) if curve.bounded else None
+    weight = _smoothed(acc, n_items, curve.bounded)[1]
+    saturating = fit_saturating(freq, acc, weight, floor, 1.0 if curve.bounded else None)
+    residuals = [np.sqrt(weight) * (form(freq) - acc) for form in (plain, saturating)]
+    scores = (aicc(residuals[0], 3), aicc(residuals[1], 3))
+    preferred = "rise-and-fall" if residuals[0] @ residuals[0] < residuals[1] @ residuals[1] else "saturating"
+    drawn = resample_acc(curve, n_boot, rng) if n_boot else None
+    test = peak_test(freq, acc, None if drawn is None else (drawn[0][:, pos], drawn[1][:, pos]))
+    notes = [] if drawn is not None else [
+        "no peak test: " + ("no resamples (--bootstrap 0)" if not n_boot
+                            else "no per-item outcomes, item counts or seeds to resample")]
+    means = means_by_freq(acc[None], np.ones((1, acc.size)), np.unique(freq, return_inverse=True)[1], distinct.size)[0]
+    top = int(np.argmax(means))
+    points = [f"{means[i]:.2f} at F = {distinct[i]:g}" for i in (0, top, -1)]
+    verdict = dict(test=test, saturating=saturating, aicc=scores, preferred=preferred)
+    missing = _missing(test, preferred, plain, points)
     if missing:
         return CurveFit("no interior optimum", f"no interior optimum: {missing}", span, baseline, plain, floored,
-                        model_free=model_free, notes=tuple(notes))
-    drawn = resample_acc(curve, n_boot, rng)
+                        notes=tuple(notes), **verdict)
+    model_free = model_free_peak(freq, acc, n_items, curve.bounded)
+    if model_free is None:
+        notes.append("model-free peak: none inside the sweep" if distinct.size >= 5
+                     else "model-free peak: needs 5 or more frequencies")
     boot = np.full((n_boot, 3), np.nan)
-    if drawn is None:
-        notes.append("no bootstrap: no per-item outcomes, item counts or seeds to resample")
-    elif n_boot:
-        theta = fit_form_batch(freq, drawn[0][:, pos], n_items, drawn[1][:, pos])
+    if drawn is not None and interval:
+        theta = fit_form_batch(freq, drawn[0][:, pos], n_items, drawn[1][:, pos], plain.floor, curve.bounded)
         boot = np.column_stack([np.exp(theta[:, 0]), theta[:, 1], theta[:, 2] / freq.max()])
-    fit = CurveFit("ok", f"F* = {plain.f_star:.3g}", span, baseline, plain, floored, boot, model_free)
+    fit = CurveFit("ok", f"F* = {plain.f_star:.3g}", span, baseline, plain, floored, boot, model_free, **verdict)
     if not fit.in_range:
         notes.append(f"F* = {fit.f_star:.3g} lies outside the swept range [{span[0]:g}, {span[1]:g}]")
     return replace(fit, notes=tuple(notes))
 
 
+def simulate_runs(freqs: np.ndarray, p: np.ndarray, n_items: int, rng: np.random.Generator, seeds: int = 1,
+                  seed_sd: float = 0.0) -> Curve:
+    """Runs of a known P(F): each seed moves P at each F by N(0, seed_sd) (training noise), then each
+    fact is correct with that probability; the same facts at every F and seed, as in a sweep."""
+    noisy = np.clip(p[None] + rng.normal(0, seed_sd, (seeds, freqs.size)) if seed_sd else np.tile(p, (seeds, 1)), 0, 1)
+    outcomes = (rng.random((seeds, freqs.size, n_items)) < noisy[..., None]).astype(float).reshape(-1, n_items)
+    runs = np.arange(seeds * freqs.size)
+    return Curve(np.tile(freqs, seeds).astype(float), outcomes.mean(1), np.full(runs.size, float(n_items)),
+                 ((runs, outcomes),))
+
+
 def simulate_curve(a: float, b: float, c: float, freqs: np.ndarray, n_items: int,
-                   rng: np.random.Generator, seeds: int = 1) -> Curve:
-    """Runs drawn from the fitted model itself (each fact correct with probability P(F), the same
-    facts at every F of a seed): the null the fits assume, for recovery tests and the benchmark."""
-    p = np.clip(a * freqs**b * np.exp(-c * freqs), 0, 1)
-    outcomes = [(rng.random((freqs.size, n_items)) < p[:, None]).astype(float) for _ in range(seeds)]
-    runs = np.arange(seeds * freqs.size).reshape(seeds, freqs.size)
-    return Curve(np.tile(freqs, seeds).astype(float), np.concatenate([o.mean(1) for o in outcomes]),
-                 np.full(seeds * freqs.size, float(n_items)), tuple(zip(runs, outcomes)))
+                   rng: np.random.Generator, seeds: int = 1, seed_sd: float = 0.0) -> Curve:
+    """Runs drawn from the fitted model itself: the null the fits assume, for recovery tests and the benchmark."""
+    return simulate_runs(freqs, np.clip(a * freqs**b * np.exp(-c * freqs), 0, 1), n_items, rng, seeds, seed_sd)

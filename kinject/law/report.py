@@ -7,12 +7,16 @@ Intervals are [lo, hi] at 95% (bootstrap percentiles); a null bound means unboun
     schema, metric, params ("non_embedding" | "total"), params_definition, compute ("C = 6 N D"),
     sources, bootstrap (resamples), seed, level, huber_delta, notes (runs skipped, and why)
     models[]: group, model, condition {setting: value}, params (N), tokens (D), compute (C),
-        freqs (distinct F, F = 0 included), acc (mean accuracy at each), n_runs, baseline_acc (F = 0),
+        freqs (distinct F, F = 0 included), acc (mean of the metric at each), n_runs, baseline_acc (F = 0),
         status ("ok" | "no interior optimum" | "not fitted"), message, notes[],
-        a, b, c, r2 (P = a F^b exp(-cF) in P space), f_star (b/c), f_star_ci, f_star_in_range,
+        peak_test {peak_freq, rise, fall, p_rise, p_fall} (bootstrap against the nearest monotone
+        curve; "ok" needs both p < 0.05), saturating {floor, top, f0, k} (P = floor + (top - floor)
+        (1 - exp(-(F/F0)^k))), aicc {rise_and_fall, saturating, preferred} ("ok" needs rise_and_fall),
+        a, b, c, r2 (P = a F^b exp(-cF) in P space; for an unbounded score, P = P(0) + a F^b exp(-cF)),
+        f_star (b/c, null unless "ok"), f_star_ci, f_star_in_range,
         f_star_interior_share (share of resamples with b > 0 and c > 0), collapse_f (F > F* where
-        the fit falls to half its peak), collapse_f_ci, f_star_model_free (smoothing-spline argmax),
-        floored {a, b, c, f_star, r2} (P = 0.25 + a F^b exp(-cF))
+        the fit falls to half its peak), collapse_f_ci, f_star_model_free (smoothing-spline argmax,
+        null unless "ok"), floored {a, b, c, f_star, r2} (P = 0.25 + a F^b exp(-cF); null for an unbounded score)
     laws[] (one per condition, i.e. combination of the infusion settings that vary):
         condition, status ("ok" | "not fitted"), message, n_points, points[] {group, params, tokens,
         compute, f_star}, A, alpha, E (F* = A / C^alpha + E, C in the units above), A_ci, alpha_ci,
@@ -62,12 +66,17 @@ def _by_freq(group: Group) -> tuple[np.ndarray, np.ndarray]:
 
 def _model_json(group: Group, fit: CurveFit) -> dict[str, Any]:
     freqs, acc = _by_freq(group)
-    plain, floored = fit.plain, fit.floored
+    plain, floored, test, saturating = fit.plain, fit.floored, fit.test, fit.saturating
     return {
         "group": group.label, "model": group.model, "condition": dict(group.condition),
         "params": group.params, "tokens": group.tokens, "compute": group.compute,
         "freqs": freqs.tolist(), "acc": acc.tolist(), "n_runs": int(group.curve.freq.size),
         "baseline_acc": fit.baseline, "status": fit.status, "message": fit.message, "notes": list(fit.notes),
+        "peak_test": test and {"peak_freq": test.peak_freq, "rise": test.rise, "fall": test.fall,
+                               "p_rise": test.p_rise, "p_fall": test.p_fall},
+        "saturating": saturating and {"floor": saturating.floor, "top": saturating.top, "f0": saturating.f0,
+                                      "k": saturating.k},
+        "aicc": {"rise_and_fall": _num(fit.aicc[0]), "saturating": _num(fit.aicc[1]), "preferred": fit.preferred},
         "a": plain and plain.a, "b": plain and plain.b, "c": plain and plain.c, "r2": plain and plain.r2,
         "f_star": fit.f_star, "f_star_ci": _pair(fit.f_star_ci), "f_star_in_range": fit.in_range,
         "f_star_interior_share": fit.interior_share, "collapse_f": fit.collapse_f,
@@ -147,6 +156,10 @@ def _ci(interval: Sequence[float | None] | None) -> str:
     return f" [{_g(lo)}, {_g(hi)}]"
 
 
+def _p(test: dict[str, Any] | None, key: str) -> str:
+    return "-" if test is None or test[key] is None else f"{test[key]:.3f}"
+
+
 def _rows(header: Sequence[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [list(header), *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [list(header), *rows]]
@@ -158,13 +171,15 @@ def render(report: dict[str, Any]) -> str:
              f"{report['bootstrap']} bootstrap resamples, {LEVEL:.0%} intervals"]
     if report["notes"]:
         lines += [f"skipped {len(report['notes'])} run(s):"] + [f"  {n}" for n in report["notes"][:10]]
-    lines += ["", "P(F) = a F^b exp(-cF) per model group"]
+    lines += ["", "P(F) = a F^b exp(-cF) per model group; interior optimum: rise and fall beyond noise "
+              "(p < 0.05 each) and the rise-and-fall form preferred to monotone saturation by AICc"]
     rows = [[m["group"], _g(m["params"]), _g(m["tokens"]), f"{_g(m['freqs'][0])}-{_g(m['freqs'][-1])}",
              _g(m["baseline_acc"], 2), _g(m["a"]), _g(m["b"]), _g(m["c"]),
              _g(m["f_star"]) + _ci(m["f_star_ci"]), _g(m["collapse_f"]), _g(m["r2"], 3),
-             _g(m["f_star_model_free"])] for m in report["models"]]
-    lines += _rows(["group", "N", "D", "F", "P(0)", "a", "b", "c", "F* [95% CI]", "collapse", "R2", "model-free"],
-                   rows)
+             _g(m["f_star_model_free"]), _p(m["peak_test"], "p_rise"), _p(m["peak_test"], "p_fall"),
+             m["aicc"]["preferred"] or "-"] for m in report["models"]]
+    lines += _rows(["group", "N", "D", "F", "P(0)", "a", "b", "c", "F* [95% CI]", "collapse", "R2", "model-free",
+                    "p rise", "p fall", "AICc prefers"], rows)
     for m in report["models"]:
         texts = ([m["message"]] if m["f_star"] is None else []) + m["notes"]
         lines += [f"  {m['group']}: {text}" for text in texts]
@@ -213,7 +228,13 @@ def _yerr(value: float, interval: Sequence[float | None] | None) -> list[float]:
 
 
 def plot_fits(analysis: Analysis, path: Path) -> Path:
-    """P(F) points, both fitted forms, F* and its interval: one panel per model group."""
+    return _save(fits_figure(analysis), path)
+
+
+def fits_figure(analysis: Analysis) -> Figure:
+    """P(F) points and the verdict's model, one panel per model group: with an interior optimum, both
+    rise-and-fall forms, F* and its interval; without, the monotone saturating fit (the rise-and-fall
+    fit is not drawn, since the verdict rejected it)."""
     n = len(analysis.groups)
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -221,25 +242,32 @@ def plot_fits(analysis: Analysis, path: Path) -> Path:
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, group, fit in zip(axes.flat, analysis.groups, analysis.fits):
         pos = group.curve.freq > 0
+        bounded = group.curve.bounded
         ax.scatter(group.curve.freq[pos], group.curve.acc[pos], s=14, color="k", alpha=0.7, label="runs")
-        ax.axhline(CHANCE, color="grey", ls=":", lw=1, label="chance")
+        if bounded:
+            ax.axhline(CHANCE, color="grey", ls=":", lw=1, label="chance")
         if fit.baseline is not None:
             ax.axhline(fit.baseline, color="tab:green", ls="--", lw=1, label="F = 0 control")
         if fit.freq_span is not None:
             grid = np.geomspace(*fit.freq_span, 200)
-            for form, style, name in ((fit.plain, "-", "a F^b e^-cF"), (fit.floored, "--", "0.25 + a F^b e^-cF")):
+            forms = ((fit.plain, "-", "a F^b e^-cF" if bounded else "P(0) + a F^b e^-cF"),
+                     (fit.floored, "--", "0.25 + a F^b e^-cF")) if fit.status == "ok" else \
+                ((fit.saturating, "-", "monotone saturating"),)
+            for form, style, name in forms:
                 if form is not None:
                     ax.plot(grid, form(grid), style, color="tab:blue", lw=1.3, label=name)
         if fit.f_star is not None:
             ax.axvline(fit.f_star, color="tab:red", lw=1.2, label=f"F* = {fit.f_star:.3g}")
             lo, hi = fit.f_star_ci or (fit.f_star, fit.f_star)
             ax.axvspan(lo or fit.freq_span[0], hi or fit.freq_span[1], color="tab:red", alpha=0.15)
-        ax.set(xscale="log", ylim=(0, 1.05), xlabel="F (exposures per fact)", ylabel="P (accuracy)",
+        ax.set(xscale="log", xlabel="F (exposures per fact)", ylabel="P (accuracy)" if bounded else "score",
                title=f"{group.label}: {fit.status}")
+        if bounded:
+            ax.set_ylim(0, 1.05)
         ax.legend(fontsize=7, loc="best")
     for ax in axes.flat[n:]:
         ax.set_axis_off()
-    return _save(fig, path)
+    return fig
 
 
 def plot_law(analysis: Analysis, path: Path) -> Path:

@@ -24,6 +24,7 @@ from kinject.law.curves import Curve, Group
 from kinject.results import FILENAME, scan
 
 DEFAULT_METRIC = "memorization/acc_token"
+UNBOUNDED = ("margin", "gold_logprob")  # per-item scores that rise with memorization and have no ceiling
 AXES = ("infusion.freq", "infusion.format", "infusion.paraphrase", "seed", "tokens")  # what a fit spans, not a condition
 PARAMS = {"non_embedding": "non-embedding parameters", "total": "all parameters, embeddings included"}
 CSV_COLUMNS = ("model", "params", "tokens", "freq", "acc")
@@ -55,14 +56,24 @@ class Run:
 class Table:
     runs: list[Run]
     notes: list[str] = field(default_factory=list)  # runs skipped, and why
+    bounded: bool = True  # accuracies; False for an unbounded score (kinject.law.curves.Curve.bounded)
 
 
 def _metric_parts(metric: str) -> tuple[str, str]:
-    """'memorization/acc_token' -> ('memorization', 'correct_token'): where its per-item outcomes live."""
+    """'memorization/acc_token' -> ('memorization', 'correct_token'), 'memorization/margin' ->
+    ('memorization', 'margin'): where its per-item values live in results.json."""
     match = re.fullmatch(r"(\w+)/acc_(\w+)", metric)
-    if not match:
-        raise TableError(f"--metric {metric!r}: expected an accuracy 'SUITE/acc_SCORE', e.g. {DEFAULT_METRIC}")
-    return match[1], f"correct_{match[2]}"
+    if match:
+        return match[1], f"correct_{match[2]}"
+    match = re.fullmatch(rf"(\w+)/({'|'.join(UNBOUNDED)})", metric)
+    if match:
+        return match[1], match[2]
+    raise TableError(f"--metric {metric!r}: expected an accuracy 'SUITE/acc_SCORE' (e.g. {DEFAULT_METRIC}) or an "
+                     f"unbounded score 'SUITE/{{{','.join(UNBOUNDED)}}}' (e.g. memorization/margin)")
+
+
+def is_bounded(metric: str) -> bool:
+    return _metric_parts(metric)[1].startswith("correct_")
 
 
 def _lookup(config: Mapping[str, Any], key: str) -> Any:
@@ -108,8 +119,7 @@ def _from_results(path: Path, payload: dict[str, Any], metric: str) -> Run | str
 
 def load_runs(dirs: Iterable[str | Path], metric: str = DEFAULT_METRIC) -> Table:
     """Every results.json under the given folders (Hydra multirun folders, or single runs)."""
-    _metric_parts(metric)
-    table = Table([])
+    table = Table([], bounded=is_bounded(metric))
     for folder in map(Path, dirs):
         if not folder.is_dir():
             raise TableError(f"{folder}: not a folder of runs")
@@ -149,7 +159,7 @@ def load_wandb(path: str, metric: str = DEFAULT_METRIC, group: str | None = None
         runs = list(api.runs(path, filters=filters))
     except Exception as error:  # auth, network, a bad path: W&B raises many types, all mean "cannot read"
         raise TableError(f"wandb:{path}: cannot read runs ({type(error).__name__}: {error})") from None
-    table = Table([])
+    table = Table([], bounded=is_bounded(metric))
     for run in runs:
         where = f"wandb:{path}/{run.name}"
         if run.state != "finished":
@@ -215,7 +225,10 @@ def load_csv(path: str | Path) -> Table:
 
 def merge(tables: Iterable[Table]) -> Table:
     tables = list(tables)
-    return Table([r for t in tables for r in t.runs], [n for t in tables for n in t.notes])
+    if len({t.bounded for t in tables}) > 1:
+        raise TableError("an accuracy (CSV or --metric SUITE/acc_SCORE) and an unbounded score cannot be fitted together")
+    return Table([r for t in tables for r in t.runs], [n for t in tables for n in t.notes],
+                 all(t.bounded for t in tables))
 
 
 def params_definition(table: Table, kind: str) -> str:
@@ -246,12 +259,12 @@ def to_groups(table: Table, params: str = "non_embedding") -> list[Group]:
     for run in table.runs:
         condition = tuple((k, v) for k, v in run.condition if k in varying)
         buckets[(run.model, run.tokens, condition)].append(run)
-    return [_group(model, tokens, condition, runs, params, varying)
+    return [_group(model, tokens, condition, runs, params, varying, table.bounded)
             for (model, tokens, condition), runs in sorted(buckets.items())]
 
 
 def _group(model: str, tokens: float, condition: tuple[tuple[str, str], ...], runs: list[Run],
-           params: str, varying: set[str]) -> Group:
+           params: str, varying: set[str], bounded: bool) -> Group:
     counts = {r.params.get(params, r.params.get("given")) for r in runs}
     if None in counts:
         bad = next(r for r in runs if r.params.get(params, r.params.get("given")) is None)
@@ -260,11 +273,12 @@ def _group(model: str, tokens: float, condition: tuple[tuple[str, str], ...], ru
     if len(counts) > 1:
         raise TableError(f"model {model!r}: runs disagree on its parameter count ({sorted(counts)})")
     runs = sorted(runs, key=lambda r: (r.freq, r.seed is None, r.seed or 0))
-    blocks: dict[tuple, list[int]] = defaultdict(list)
+    blocks: dict[tuple, list[int]] = defaultdict(list)  # runs scored on the same facts, at every F and seed
     for i, run in enumerate(runs):
         if run.items is not None:
-            blocks[(run.seed, run.fact_ids or (run.source,))].append(i)
+            blocks[run.fact_ids or (run.source,)].append(i)
     paired = tuple((np.array(idx), np.stack([runs[i].items for i in idx])) for idx in blocks.values())
-    curve = Curve(np.array([r.freq for r in runs]), np.array([r.acc for r in runs]),
-                  np.array([np.nan if r.n_items is None else r.n_items for r in runs], float), paired)
+    n_items = [np.nan if r.n_items is None or not bounded else r.n_items for r in runs]
+    curve = Curve(np.array([r.freq for r in runs]), np.array([r.acc for r in runs]), np.array(n_items, float),
+                  paired, bounded)
     return Group(_label(model, tokens, condition, varying), model, counts.pop(), tokens, condition, curve)
