@@ -61,21 +61,37 @@ def test_the_recorded_budget_split_is_what_the_loader_yields(make_cfg, mode):
 
 def test_fixed_background_trains_the_same_background_at_every_f_and_grows_the_run(make_cfg):
     control = prepare(make_cfg("infusion.freq=0", "infusion.budget=fixed_background"))
-    infused = prepare(make_cfg("infusion.freq=64", "infusion.budget=fixed_background"))
+    infused = prepare(make_cfg("infusion.freq=16", "infusion.budget=fixed_background"))
     background, grown = _background_trained(control), _background_trained(infused)
     assert np.array_equal(grown[: len(background)], background)  # element for element, in the same order
     assert 0 <= len(grown) - len(background) < infused.budget.tokens_per_step  # rounded up to a whole step
     assert infused.budget.steps > control.budget.steps == control.budget.background_steps
-    displaced = _background_trained(prepare(make_cfg("infusion.freq=32")))
+    displaced = _background_trained(prepare(make_cfg("infusion.freq=16")))
     assert len(displaced) < len(background)  # fixed_total: injection takes background's place
 
 
-def test_fixed_background_is_refused_for_a_streamed_corpus(make_cfg, fineweb):
-    from kinject.errors import ConfigError
+def _lanes_trained(experiment) -> dict[int, np.ndarray]:
+    """The background each lane of a streamed corpus gave, in the order the lane was read."""
+    dataset, stream = experiment.datamodule.dataset, experiment.datamodule.dataset.background
+    read: dict[int, list[np.ndarray]] = {}
+    for i in range(experiment.budget.sequences):
+        item = dataset[i]
+        read.setdefault(stream.locate(i)[0], []).append(item["input_ids"][int(item["injected"]):].numpy())
+    return {lane: np.concatenate(parts) for lane, parts in read.items()}
+
+
+def test_fixed_background_reads_every_lane_of_a_streamed_corpus_the_same_at_every_f(make_cfg, fineweb):
     from tests.corpus_files import local
 
-    with pytest.raises(ConfigError, match="infusion.budget: .*data=synthetic"):
-        prepare(local(make_cfg, fineweb[0], "infusion.budget=fixed_background"))
+    control = prepare(local(make_cfg, fineweb[0], "infusion.freq=0", "infusion.budget=fixed_background"))
+    infused = prepare(local(make_cfg, fineweb[0], "infusion.freq=8", "infusion.budget=fixed_background"))
+    background, grown = _lanes_trained(control), _lanes_trained(infused)
+    assert infused.budget.steps > control.budget.steps and background.keys() <= grown.keys()
+    for lane, tokens in background.items():
+        assert np.array_equal(grown[lane][: len(tokens)], tokens), lane  # nothing dropped, nothing reordered
+    summary = infused.budget_summary()
+    assert summary["background_tokens"] == sum(map(len, grown.values()))
+    assert summary["injected_tokens"] + summary["background_tokens"] == infused.budget.sequences * infused.budget.seq_len
 
 
 def test_a_run_records_the_tradeoff_and_both_training_losses(make_cfg):

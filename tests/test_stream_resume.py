@@ -56,9 +56,10 @@ def _assert_is_the_pure_stream(seen: dict[int, torch.Tensor], reference, indices
         assert torch.equal(seen[i], reference[i]["input_ids"]), i
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_stopped_and_resumed_run_sees_the_uninterrupted_token_sequence(make_cfg, fineweb, tmp_path, workers):
-    cfg = local(make_cfg, fineweb[0], f"data.num_workers={workers}", f"tokens={STEPS * 8 * 64}", "infusion.freq=1")
+@pytest.mark.parametrize("workers, budget", [(0, "fixed_total"), (2, "fixed_total"), (0, "fixed_background")])
+def test_stopped_and_resumed_run_sees_the_uninterrupted_token_sequence(make_cfg, fineweb, tmp_path, workers, budget):
+    cfg = local(make_cfg, fineweb[0], f"data.num_workers={workers}", f"tokens={STEPS * 8 * 64}", "infusion.freq=1",
+                f"infusion.budget={budget}")
     batch = prepare(cfg).budget.batch_size
     reference = prepare(cfg).datamodule.dataset
 

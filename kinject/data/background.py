@@ -1,4 +1,9 @@
-"""The background stream: chunk i of the run (seq_len tokens), the same at every F.
+"""The background stream: chunk i of the run, the same at every F.
+
+Chunk i is seq_len tokens, or, given the background length of every sequence of the run
+(`infusion.budget=fixed_background`: seq_len minus the injected tokens), that many tokens
+continuing where the previous chunk of the same stream ended, so nothing is dropped and the
+background read is the same at every F.
 
 Two implementations: `BackgroundStream` over documents held in memory (the embedded world,
 tokenized once), and `LaneStream` over a real corpus (FineWeb-Edu or local files) streamed as
@@ -25,11 +30,12 @@ from kinject.data.tokenizer import encode_documents
 
 
 class Background(Protocol):
-    """Background chunk i (seq_len tokens), the same at every F."""
+    """Background chunk i, the same at every F."""
 
-    def chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The chunk and the position that resumes after it: an int64 vector whose first entry names
-        the stream it belongs to, empty for a random-access background."""
+    def chunk(self, index: int, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk (seq_len tokens, or lengths[index] continuing the stream; past the end of `lengths`,
+        seq_len) and the position that resumes after it: an int64 vector whose first entry names the stream
+        it belongs to, empty for a random-access background."""
 
     def restore(self, positions: dict[int, np.ndarray]) -> None:
         """Positions saved with a checkpoint, where reading may start instead of from the beginning."""
@@ -50,6 +56,7 @@ class BackgroundStream:
         self.filtered = filtered
         self.epoch_tokens = int(sum(len(d) for d in documents))
         self._cache: dict[int, np.ndarray] = {}
+        self._starts: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(1, dtype=np.int64))
 
     def _epoch(self, epoch: int) -> np.ndarray:
         if epoch not in self._cache:
@@ -69,8 +76,15 @@ class BackgroundStream:
             length -= len(part)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.tokens(index * self.seq_len, self.seq_len), np.zeros(0, dtype=np.int64)
+    def chunk(self, index: int, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        position = np.zeros(0, dtype=np.int64)
+        if lengths is None:
+            return self.tokens(index * self.seq_len, self.seq_len), position
+        if self._starts[0] is not lengths:
+            self._starts = (lengths, np.concatenate([[0], np.cumsum(lengths)]))
+        starts, last = self._starts[1], len(lengths)
+        start = int(starts[min(index, last)]) + max(0, index - last) * self.seq_len
+        return self.tokens(start, int(lengths[index]) if index < last else self.seq_len), position
 
     def restore(self, positions: dict[int, np.ndarray]) -> None:
         pass
@@ -129,6 +143,11 @@ class LaneStream:
         step, j = divmod(index, self.batch_size)
         return (step % self.groups) * self.batch_size + j, step // self.groups
 
+    def index(self, lane: int, chunk: int) -> int:
+        """The training sequence that takes the lane's chunk number `chunk` (the inverse of locate)."""
+        g, j = divmod(lane, self.batch_size)
+        return (chunk * self.groups + g) * self.batch_size + j
+
     def unit(self, lane: int, k: int) -> Unit:
         """The lane's k-th unit: entry lane + k*N of the endless sequence of passes."""
         epoch, i = divmod(lane + k * self.lanes, len(self.units))
@@ -142,7 +161,10 @@ class LaneStream:
                     yield k, first + i, doc, self.mentions.mentions(text)
             k, row = k + 1, 0
 
-    def chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def chunk(self, index: int, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        def length(i: int) -> int:
+            return self.seq_len if lengths is None or i >= len(lengths) else int(lengths[i])
+
         lane, chunk = self.locate(index)
         reader = self._readers.get(lane)
         if reader is None or reader.position.chunk > chunk:
@@ -150,8 +172,8 @@ class LaneStream:
             start = saved if saved is not None and saved.chunk <= chunk else LanePosition(lane)
             reader = self._readers[lane] = _Reader(self, replace(start))
         while reader.position.chunk < chunk:
-            reader.next_chunk()
-        return reader.next_chunk(), reader.position.array()
+            reader.next_chunk(length(self.index(lane, reader.position.chunk)))
+        return reader.next_chunk(length(index)), reader.position.array()
 
     def restore(self, positions: dict[int, np.ndarray]) -> None:
         self._saved = {lane: LanePosition.of(row) for lane, row in positions.items()}
@@ -168,7 +190,6 @@ class _Reader:
     """One lane read forward from a position."""
 
     def __init__(self, stream: LaneStream, position: LanePosition) -> None:
-        self.seq_len = stream.seq_len
         self.position = position
         self._documents = stream.documents(position.lane, position.unit, position.row)
         self._doc = np.zeros(0, dtype=np.int32)
@@ -176,8 +197,8 @@ class _Reader:
         if position.token:
             self._doc, self._offset = next(self._documents)[2], position.token
 
-    def next_chunk(self) -> np.ndarray:
-        parts, need = [], self.seq_len
+    def next_chunk(self, need: int) -> np.ndarray:
+        parts = []
         while need:
             if self._offset == len(self._doc):
                 self._next_document()

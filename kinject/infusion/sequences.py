@@ -23,10 +23,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from kinject.budget import Budget, accumulation, check_injection, check_room
-from kinject.data.background import Background, BackgroundStream
+from kinject.data.background import Background
 from kinject.data.filtering import FilterStats
 from kinject.data.tokenizer import encode_documents
-from kinject.errors import ConfigError
 from kinject.infusion.formats import InfusionConfig, render, variants
 from kinject.infusion.schedule import Schedule
 from kinject.knowledge.facts import KnowledgeSet
@@ -47,8 +46,9 @@ class ExposureTexts:
 
 class InfusedSequences(Dataset):
     """Training sequence i: the facts scheduled there, then background. With `fixed_total` the background
-    is the tail of chunk i (injection displaces it); with `fixed_background` it is the next stretch of one
-    continuous background stream, which every F reads in the same order (needs a background held in memory)."""
+    is the tail of chunk i (injection displaces it); with `fixed_background` it is the next stretch of its
+    background stream (the corpus held in memory, or the lane of a streamed one), which every F reads in the
+    same order."""
 
     def __init__(self, background: Background, schedule: Schedule, texts: ExposureTexts, seq_len: int,
                  sequences: int) -> None:
@@ -60,14 +60,10 @@ class InfusedSequences(Dataset):
         pairs = zip(schedule.fact.tolist(), self.variants.tolist())
         self.exposure_tokens = np.array([len(self._text[p]) for p in pairs], dtype=np.int64)
         self.injected_tokens = int(self.exposure_tokens.sum())
-        self.offsets: np.ndarray | None = None
+        self.lengths: np.ndarray | None = None  # background tokens of each sequence, with fixed_background
         if texts.infusion.budget == "fixed_background":
-            if not isinstance(background, BackgroundStream):
-                raise ConfigError("infusion.budget", "fixed_total with a streamed background (data=local or "
-                                  "fineweb_edu)", "fixed_background", hint="fixed_background needs a background held "
-                                  "in memory (data=synthetic) for now")
             used = np.bincount(schedule.sequence, weights=self.exposure_tokens, minlength=sequences).astype(np.int64)
-            self.offsets = np.concatenate([[0], np.cumsum(seq_len - used)])
+            self.lengths = seq_len - used
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         span = self.schedule.at(index)
@@ -75,14 +71,9 @@ class InfusedSequences(Dataset):
         variants = self.variants[span].tolist()
         injected = [self._text[p] for p in zip(facts, variants)]
         used = sum(len(t) for t in injected)
-        if self.offsets is None:
-            chunk, position = self.background.chunk(index)
+        chunk, position = self.background.chunk(index, self.lengths)
+        if self.lengths is None:
             chunk = chunk[used:]
-        else:
-            last = len(self.offsets) - 1  # past the run (the loader prefetches), the stream simply goes on
-            start = int(self.offsets[min(index, last)]) + max(0, index - last) * self.seq_len
-            chunk = self.background.tokens(start, self.seq_len - used)
-            position = np.zeros(0, dtype=np.int64)
         tokens = np.concatenate([*injected, chunk]) if injected else chunk
         return {
             "input_ids": torch.from_numpy(tokens.astype(np.int64)),
