@@ -13,6 +13,7 @@ from kinject.law.curves import (
     Curve,
     FitError,
     Group,
+    falling_curve,
     fit_curve,
     fit_form,
     fit_form_batch,
@@ -185,19 +186,13 @@ def test_plateau_at_one_has_no_optimum() -> None:
     assert fit.f_star is None and fit.f_star_ci is None and fit.model_free is None
 
 
-def _paper_curve(freqs: np.ndarray, peak: float, f_star: float, fall: float) -> np.ndarray:
-    """P = a F^b e^(-cF) with its maximum `peak` at f_star and `fall` lower at the largest F."""
-    b = np.log(1 - fall / peak) / (np.log(freqs[-1] / f_star) - (freqs[-1] / f_star - 1))
-    return peak * (freqs / f_star) ** b * np.exp(-b * (freqs / f_star - 1))
-
-
 def test_interior_optimum_verdict_on_simulated_sweeps() -> None:
     """200 simulated sweeps of the ladder's grid, 3 seeds (seed SD 0.05), 300 facts: a true plateau
     (monotone saturation at 0.8) is called an interior optimum at most 10% of the time, a true fall of
     0.15 after the peak at least 80%. (With 120 facts the power is lower: docs/fit_law.md.)"""
     freqs = np.array([2.0, 8, 32, 128, 512])
     plateau = 0.25 + 0.55 * -np.expm1(-freqs / 8)
-    fall = _paper_curve(freqs, 0.8, 128, 0.15)
+    fall = falling_curve(freqs, 0.8, 128, 0.15)
     rates = []
     for truth in (plateau, fall):
         rng = np.random.default_rng(11)
@@ -230,7 +225,7 @@ def test_plots_draw_the_verdicts_model() -> None:
     freqs = np.array([2.0, 8, 32, 128, 512])
     rng = np.random.default_rng(12)
     groups = [Group("flat", "m", 1e6, 1e8, (), simulate_runs(freqs, 0.25 + 0.75 * -np.expm1(-freqs / 6), 300, rng, 3)),
-              Group("fall", "m", 2e6, 1e8, (), simulate_runs(freqs, _paper_curve(freqs, 0.9, 64, 0.4), 300, rng, 3))]
+              Group("fall", "m", 2e6, 1e8, (), simulate_runs(freqs, falling_curve(freqs, 0.9, 64, 0.4), 300, rng, 3))]
     analysis = analyse(groups, 200)
     assert [f.status for f in analysis.fits] == ["no interior optimum", "ok"]
     flat, fall = fits_figure(analysis).axes[:2]

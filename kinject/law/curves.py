@@ -393,6 +393,13 @@ def simulate_runs(freqs: np.ndarray, p: np.ndarray, n_items: int, rng: np.random
                  ((runs, outcomes),))
 
 
+def falling_curve(freqs: np.ndarray, peak: float, f_star: float, fall: float) -> np.ndarray:
+    """P = a F^b e^(-cF) at freqs, with its maximum `peak` at f_star and `fall` lower at the largest F:
+    the collapse the verdict should find, for simulations."""
+    b = np.log(1 - fall / peak) / (np.log(freqs[-1] / f_star) - (freqs[-1] / f_star - 1))
+    return peak * (freqs / f_star) ** b * np.exp(-b * (freqs / f_star - 1))
+
+
 def simulate_curve(a: float, b: float, c: float, freqs: np.ndarray, n_items: int,
                    rng: np.random.Generator, seeds: int = 1, seed_sd: float = 0.0) -> Curve:
     """Runs drawn from the fitted model itself: the null the fits assume, for recovery tests and the benchmark."""
