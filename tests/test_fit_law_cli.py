@@ -269,3 +269,15 @@ def test_an_unbounded_margin_is_fitted_without_a_chance_floor(sweep: Path, tmp_p
         assert model["status"] == "ok" and model["f_star"] == pytest.approx(f_star_of(MODELS[model["model"]]), rel=0.5)
     assert run_cli(str(sweep), "--metric", "memorization/gold_rank") == 2
     assert "'SUITE/{margin,gold_logprob}'" in capsys.readouterr().err
+
+
+def test_seeds_are_replicates_even_where_the_infusion_seed_follows_them(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for seed in (0, 1):
+        for freq in (4, 16, 64):
+            path = write_run(tmp_path / "sweep", "tiny", freq, seed, rng) / "results.json"
+            payload = json.loads(path.read_text())
+            payload["config"] = {"seed": seed, "infusion": {"freq": freq, "seed": seed}, "model": {"name": "tiny"}}
+            path.write_text(json.dumps(payload))
+    (group,) = to_groups(load_runs([tmp_path / "sweep"]))
+    assert group.label == "tiny" and group.curve.freq.tolist() == [4, 4, 16, 16, 64, 64]

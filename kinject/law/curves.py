@@ -321,7 +321,8 @@ def _missing(test: PeakTest, preferred: str, plain: FormFit, points: list[str]) 
     if test.rise <= 0:
         return f"P is highest at the smallest F swept ({top})"
     if test.fall <= 0:
-        return f"P does not fall after its maximum ({top}; {hi})"
+        return f"P is highest at the largest F swept ({hi})" if top == hi else \
+            f"P does not fall after its maximum ({top}; {hi})"
     if test.p_rise is not None and test.p_rise >= ALPHA:
         return f"the rise to the maximum ({lo} to {top}) is within noise (p = {test.p_rise:.2g})"
     if test.p_fall is not None and test.p_fall >= ALPHA:

@@ -25,7 +25,8 @@ from kinject.results import FILENAME, scan
 
 DEFAULT_METRIC = "memorization/acc_token"
 UNBOUNDED = ("margin", "gold_logprob")  # per-item scores that rise with memorization and have no ceiling
-AXES = ("infusion.freq", "infusion.format", "infusion.paraphrase", "seed", "tokens")  # what a fit spans, not a condition
+# what a fit spans, not a condition; infusion.seed follows the run's seed by default, so it is a replicate axis too
+AXES = ("infusion.freq", "infusion.format", "infusion.paraphrase", "seed", "infusion.seed", "tokens")
 PARAMS = {"non_embedding": "non-embedding parameters", "total": "all parameters, embeddings included"}
 CSV_COLUMNS = ("model", "params", "tokens", "freq", "acc")
 CSV_OPTIONAL = ("seed", "n_items")
