@@ -171,7 +171,7 @@ def test_flat_accuracy_has_no_optimum() -> None:
 def test_rising_curve_has_no_optimum() -> None:
     rng = np.random.default_rng(7)
     fit = fit_curve(simulate_curve(0.05, 0.35, -0.003, FREQS, 300, rng), 200, rng)
-    assert fit.status == "no interior optimum" and "does not fall after its maximum" in fit.message
+    assert fit.status == "no interior optimum" and "highest at the largest F swept" in fit.message
     assert fit.f_star is None and fit.f_star_ci is None and fit.collapse_f is None and fit.plain.c < 0
 
 
@@ -226,9 +226,11 @@ def test_plots_draw_the_verdicts_model() -> None:
     rng = np.random.default_rng(12)
     groups = [Group("flat", "m", 1e6, 1e8, (), simulate_runs(freqs, 0.25 + 0.75 * -np.expm1(-freqs / 6), 300, rng, 3)),
               Group("fall", "m", 2e6, 1e8, (), simulate_runs(freqs, falling_curve(freqs, 0.9, 64, 0.4), 300, rng, 3))]
-    analysis = analyse(groups, 200)
-    assert [f.status for f in analysis.fits] == ["no interior optimum", "ok"]
-    flat, fall = fits_figure(analysis).axes[:2]
+    control = Curve(np.zeros(3), np.full(3, 0.25), np.full(3, 300.0))
+    analysis = analyse([*groups, Group("control", "m", 4e6, 1e8, (), control)], 200)
+    assert [f.status for f in analysis.fits] == ["no interior optimum", "ok", "not fitted"]
+    flat, fall, only_control = fits_figure(analysis).axes[:3]
+    assert not only_control.axison and "needs at least 3 distinct frequencies" in only_control.texts[0].get_text()
     drawn = {line.get_label(): line.get_ydata() for line in flat.get_lines() if line.get_label() != "chance"}
     assert "monotone saturating" in drawn and not any("F^b" in label for label in drawn)
     assert np.all(np.diff(drawn["monotone saturating"]) >= -1e-12) and drawn["monotone saturating"].max() <= 1

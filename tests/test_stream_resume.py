@@ -77,14 +77,16 @@ def test_stopped_and_resumed_run_sees_the_uninterrupted_token_sequence(make_cfg,
 
     assert checkpoint["global_step"] == 2 and resumed.steps[0] == 2
     _assert_is_the_pure_stream(resumed.seen, reference, range(2 * batch, STEPS * batch))
-    replay = prepare(cfg).datamodule.dataset.background
+    dataset = prepare(cfg).datamodule.dataset
+    replay = dataset.background
     assert len(saved) == min(2, replay.groups) * batch
     for row in saved:
         position = LanePosition.of(row)
         lane = position.lane
         g, j = divmod(lane, batch)
         last = ((position.chunk - 1) * replay.groups + g) * batch + j
-        assert np.array_equal(replay.chunk(last)[1], row), "the saved position is the one after the last consumed chunk"
+        assert np.array_equal(replay.chunk(last, dataset.lengths)[1], row), \
+            "the saved position is the one after the last consumed chunk"
 
 
 def _consume(datamodule, start: int, steps: int, rank: int, world: int) -> dict[int, torch.Tensor]:

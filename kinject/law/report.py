@@ -242,6 +242,10 @@ def fits_figure(analysis: Analysis) -> Figure:
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, group, fit in zip(axes.flat, analysis.groups, analysis.fits):
         pos = group.curve.freq > 0
+        if not pos.any():
+            ax.text(0.5, 0.5, f"{group.label}: {fit.message}", ha="center", va="center", wrap=True, fontsize=9)
+            ax.set_axis_off()
+            continue
         bounded = group.curve.bounded
         ax.scatter(group.curve.freq[pos], group.curve.acc[pos], s=14, color="k", alpha=0.7, label="runs")
         if bounded:
