@@ -1,6 +1,6 @@
 """Pretrain a Llama-style model with knowledge spliced in at frequency F; measure and record memorization.
 
-    python train.py                                       # embedded default, about a minute on CPU
+    python train.py                                       # embedded default, about two minutes on CPU
     python train.py -m infusion.freq=0,4,16,64            # a frequency sweep
     python train.py model=562m infusion.freq=100 --cfg job
 """
