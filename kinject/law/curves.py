@@ -18,7 +18,7 @@ import numpy as np
 from scipy import optimize, special
 from scipy.interpolate import make_smoothing_spline
 
-from kinject.law.peak import ALPHA, PeakTest, Saturating, aicc, fit_saturating, means_by_freq, peak_test
+from kinject.law.peak import ALPHA, PeakTest, Saturating, aicc, fit_saturating, peak_test
 
 CHANCE = 0.25
 LEVEL = 0.95
@@ -313,9 +313,9 @@ def _no_optimum(fit: FormFit) -> str:
     return f"b = {fit.b:.3g} and c = {fit.c:.3g}, the fitted P has no maximum"
 
 
-def _missing(test: PeakTest, preferred: str, plain: FormFit, points: list[str]) -> str | None:
+def _missing(test: PeakTest, preferred: str, plain: FormFit) -> str | None:
     """Why the verdict is 'no interior optimum', or None if the shape test and the model comparison agree on one."""
-    lo, top, hi = points
+    lo, top, hi = (test.point(i) for i in (0, test.top, -1))
     if test.rise <= 0 and test.fall <= 0:
         return "P does not vary with F"
     if test.rise <= 0:
@@ -361,11 +361,8 @@ def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: boo
     notes = [] if drawn is not None else [
         "no peak test: " + ("no resamples (--bootstrap 0)" if not n_boot
                             else "no per-item outcomes, item counts or seeds to resample")]
-    means = means_by_freq(acc[None], np.ones((1, acc.size)), np.unique(freq, return_inverse=True)[1], distinct.size)[0]
-    top = int(np.argmax(means))
-    points = [f"{means[i]:.2f} at F = {distinct[i]:g}" for i in (0, top, -1)]
     verdict = dict(test=test, saturating=saturating, aicc=scores, preferred=preferred)
-    missing = _missing(test, preferred, plain, points)
+    missing = _missing(test, preferred, plain)
     if missing:
         return CurveFit("no interior optimum", f"no interior optimum: {missing}", span, baseline, plain, floored,
                         notes=tuple(notes), **verdict)

@@ -23,16 +23,35 @@ ALPHA = 0.05
 
 @dataclass(frozen=True)
 class PeakTest:
-    """Observed rise to the maximum and fall after it, each with its p-value under a monotone null."""
+    """The mean at each distinct F, the rise to its maximum and the fall after it, each with its p-value under
+    a monotone null."""
 
-    peak_freq: float
-    rise: float
-    fall: float
+    freqs: np.ndarray
+    means: np.ndarray
     p_rise: float | None  # None: nothing to resample
     p_fall: float | None
 
+    @property
+    def top(self) -> int:
+        return int(np.argmax(self.means))
 
-def means_by_freq(values: np.ndarray, mult: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
+    @property
+    def peak_freq(self) -> float:
+        return float(self.freqs[self.top])
+
+    @property
+    def rise(self) -> float:
+        return float(self.means[self.top] - self.means[0])
+
+    @property
+    def fall(self) -> float:
+        return float(self.means[self.top] - self.means[-1])
+
+    def point(self, index: int) -> str:
+        return f"{self.means[index]:.2f} at F = {self.freqs[index]:g}"
+
+
+def _means_by_freq(values: np.ndarray, mult: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
     """Mean of the runs at each distinct F, weighted by run multiplicity; (B, R) -> (B, count)."""
     sums = np.zeros((values.shape[0], count))
     weights = np.zeros_like(sums)
@@ -45,18 +64,17 @@ def peak_test(freq: np.ndarray, values: np.ndarray, drawn: tuple[np.ndarray, np.
     """The shape test on runs (freq, values) and their bootstrap resamples (values, multiplicities),
     both (B, R); without resamples only the observed rise and fall are given."""
     distinct, inverse, runs = np.unique(freq, return_inverse=True, return_counts=True)
-    observed = means_by_freq(values[None], np.ones((1, values.size)), inverse, distinct.size)[0]
-    top = int(np.argmax(observed))
-    rise, fall = observed[top] - observed[0], observed[top] - observed[-1]
+    observed = _means_by_freq(values[None], np.ones((1, values.size)), inverse, distinct.size)[0]
+    test = PeakTest(distinct, observed, None, None)
     if drawn is None:
-        return PeakTest(float(distinct[top]), float(rise), float(fall), None, None)
-    deviation = means_by_freq(*drawn, inverse, distinct.size) - observed
+        return test
+    deviation = _means_by_freq(*drawn, inverse, distinct.size) - observed
     p_values = []
-    for increasing, end, stat in ((False, 0, rise), (True, -1, fall)):
+    for increasing, end, stat in ((False, 0, test.rise), (True, -1, test.fall)):
         null = optimize.isotonic_regression(observed, weights=runs.astype(float), increasing=increasing).x
         curves = null + deviation
         p_values.append(float((1 + np.sum(curves.max(1) - curves[:, end] >= stat - 1e-12)) / (1 + len(curves))))
-    return PeakTest(float(distinct[top]), float(rise), float(fall), *p_values)
+    return PeakTest(distinct, observed, *p_values)
 
 
 @dataclass(frozen=True)
