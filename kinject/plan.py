@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from kinject.budget import Budget, check_injection, check_room, world_size
 from kinject.errors import ConfigError
-from kinject.infusion.schedule import check_freq
+from kinject.infusion.formats import InfusionConfig
+from kinject.infusion.schedule import check_block, check_freq, window_sequences
 from kinject.training.model import ModelSpec, flops_per_token
 from kinject.training.throughput import peak_flops, training_seconds
 
@@ -91,10 +92,14 @@ def cost(cfg: DictConfig, overrides: list[str], assumed: Assumptions) -> Job:
     if cfg.infusion.budget == "fixed_background":
         budget = budget.grown(injected)
     try:
-        check_freq(freq, budget.sequences)
+        infusion = InfusionConfig.from_config(cfg.infusion)
+        check_freq(freq, budget.sequences, infusion.window)
         check_injection(budget, injected, exposures, freq, float(cfg.infusion.max_share))
-        if freq:
-            per_sequence = math.ceil(facts / (budget.sequences // freq))  # each of the F slices spreads K evenly
+        lo, hi = window_sequences(infusion.window, budget.sequences)
+        if freq and infusion.packing == "block":
+            check_block(math.ceil(facts * assumed.statement_tokens / budget.seq_len), (hi - lo) // freq, facts)
+        elif freq:
+            per_sequence = math.ceil(facts / ((hi - lo) // freq))  # each of the F slices spreads K evenly
             check_room(math.ceil(per_sequence * assumed.statement_tokens), budget.seq_len)
     except ConfigError as error:
         refused = str(error)

@@ -22,6 +22,7 @@ from kinject.errors import ConfigError
 from kinject.evaluation.scoring import SCORINGS, TRADEOFF, UNBOUNDED
 from kinject.evaluation.suites import SUITES
 from kinject.infusion.formats import FORMATS, PARAPHRASES
+from kinject.infusion.schedule import PACKINGS
 from kinject.knowledge.sources import KNOWLEDGE_SOURCES
 
 
@@ -102,6 +103,7 @@ RULES = (
     Rule("infusion.seed", int, 0),
     Rule("infusion.max_share", float, 0, 1, low_open=True),
     Rule("infusion.budget", str, choices=MODES),
+    Rule("infusion.packing", str, choices=PACKINGS),
     Rule("model.hidden_size", int, 1),
     Rule("model.num_layers", int, 1),
     Rule("model.num_heads", int, 1),

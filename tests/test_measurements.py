@@ -59,9 +59,10 @@ def test_the_recorded_budget_split_is_what_the_loader_yields(make_cfg, mode):
     assert summary["tokens"] == summary["injected_tokens"] + summary["background_tokens"]
 
 
-def test_fixed_background_trains_the_same_background_at_every_f_and_grows_the_run(make_cfg):
-    control = prepare(make_cfg("infusion.freq=0", "infusion.budget=fixed_background"))
-    infused = prepare(make_cfg("infusion.freq=16", "infusion.budget=fixed_background"))
+@pytest.mark.parametrize("knobs", [(), ("infusion.packing=block",), ("infusion.window=[0,0.5]",)])
+def test_fixed_background_trains_the_same_background_at_every_f_and_grows_the_run(make_cfg, knobs):
+    control = prepare(make_cfg("infusion.freq=0", "infusion.budget=fixed_background", *knobs))
+    infused = prepare(make_cfg("infusion.freq=16", "infusion.budget=fixed_background", *knobs))
     background, grown = _background_trained(control), _background_trained(infused)
     assert np.array_equal(grown[: len(background)], background)  # element for element, in the same order
     assert 0 <= len(grown) - len(background) < infused.budget.tokens_per_step  # rounded up to a whole step

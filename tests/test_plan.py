@@ -66,6 +66,21 @@ def test_the_plan_refuses_what_a_run_refuses(capsys, make_cfg):
         prepare(make_cfg("model.vocab_size=4096", "infusion.freq=64"))
 
 
+def test_the_plan_refuses_blocks_and_frequencies_a_window_cannot_hold(capsys, make_cfg):
+    """Smoke: 256 sequences; a block of 24 facts takes about 5 of them, so F=16 in half the run (8 a slice)
+    fits and F=32 (4 a slice) does not, in the plan as in the run; F=200 needs more sequences than [0,0.5] has."""
+    knobs = ["model.vocab_size=4096", "infusion.packing=block", "infusion.window=[0,0.5]"]
+    assert plan.main(["experiment=smoke", *knobs, "infusion.freq=16,32"]) == 0
+    out = capsys.readouterr().out
+    assert "infusion.packing: expected blocks that fit the 4 sequences" in out and "the 8 sequences" not in out
+    prepare(make_cfg(*knobs, "infusion.freq=16"))
+    with pytest.raises(ConfigError, match="infusion.packing: expected blocks that fit the 4 sequences"):
+        prepare(make_cfg(*knobs, "infusion.freq=32"))
+    assert plan.main(["experiment=smoke", "model.vocab_size=4096", "infusion.window=[0,0.5]", "infusion.freq=200"]) == 0
+    assert "infusion.freq: expected at most the number of training sequences in infusion.window (128)" in \
+        capsys.readouterr().out
+
+
 def test_a_search_instead_of_a_grid_is_a_clear_error(capsys):
     assert plan.main(["experiment=search_freq"]) == 2
     assert "bad plan:" in capsys.readouterr().err

@@ -74,7 +74,7 @@ class BackgroundStream:
             parts.append(part)
             start += len(part)
             length -= len(part)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     def chunk(self, index: int, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         position = np.zeros(0, dtype=np.int64)
@@ -208,7 +208,7 @@ class _Reader:
             need -= len(part)
         self.position.chunk += 1
         self.position.token = self._offset
-        return np.concatenate(parts)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     def _next_document(self) -> None:
         """Moves to the next kept document, counting the dropped ones on the way."""

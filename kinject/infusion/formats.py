@@ -4,10 +4,11 @@ registered by name (`infusion.format`), and the prompts that ask for it in the t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from kinject.errors import ConfigError
 from kinject.knowledge.facts import Fact, KnowledgeSet, Relation
 from kinject.registry import Registry
 
@@ -21,10 +22,23 @@ class InfusionConfig:
     paraphrase: str = "duplicate"
     seed: int = 0
     budget: str = "fixed_total"  # kinject.budget.MODES
+    packing: str = "scattered"  # kinject.infusion.schedule.PACKINGS
+    window: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> InfusionConfig:
-        return cls(int(cfg["freq"]), cfg["format"], cfg["paraphrase"], int(cfg["seed"]), cfg["budget"])
+        return cls(int(cfg["freq"]), cfg["format"], cfg["paraphrase"], int(cfg["seed"]), cfg["budget"],
+                   cfg.get("packing", "scattered"), _window(cfg.get("window", (0.0, 1.0))))
+
+
+def _window(value: Any) -> tuple[float, float]:
+    """Checked here, not by a validation rule: the window is a pair whose two ends constrain each other."""
+    pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    numeric = len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+    if not numeric or not 0 <= pair[0] < pair[1] <= 1:
+        raise ConfigError("infusion.window", "[start, end], fractions of the run with 0 <= start < end <= 1",
+                          value, hint="e.g. infusion.window=[0,0.5] spreads the exposures over the first half")
+    return float(pair[0]), float(pair[1])
 
 
 class Format(Protocol):

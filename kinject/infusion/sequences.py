@@ -1,7 +1,8 @@
 """The training stream: background text with templated facts spliced in, as fixed-length sequences.
 
 Sequence i of the run is a pure function of (config, seed, i): the facts the schedule puts there
-(each as its own document), then the rest of the i-th background chunk. Chunk i is the same at every
+(each as its own document, EOS first, as the evaluation prompts begin; a block is such documents
+back to back), then the rest of the i-th background chunk. Chunk i is the same at every
 F, but the injected texts displace its head: the total budget is fixed, so a run at higher F trains
 on less background (`Experiment.budget_summary` counts both). A run reads sequences by global index from its optimizer step on, which makes
 resume exact and the data per step the same for any number of devices.
@@ -42,6 +43,13 @@ class ExposureTexts:
         self.infusion = infusion
         self.tokens = dict(zip(distinct, encode_documents(tokenizer, texts)))
         self.total = sum(len(self.tokens[(f, v)]) for f in range(len(knowledge.facts)) for v in per_exposure)
+        self.num_facts = len(knowledge.facts)
+
+    def lengths(self) -> np.ndarray:
+        """Tokens of each exposure: row k, column f is fact f's k-th (for packing them into blocks)."""
+        per_exposure = variants(np.arange(self.infusion.freq), self.infusion).tolist()
+        return np.array([[len(self.tokens[(f, v)]) for f in range(self.num_facts)] for v in per_exposure],
+                        dtype=np.int64).reshape(len(per_exposure), self.num_facts)
 
 
 class InfusedSequences(Dataset):

@@ -1,0 +1,118 @@
+"""The regime table of a screen: one row per setting (the knobs that vary across the runs read, and D),
+and per metric whether each size has an interior optimum, with the shape test's p-values for the rise
+and the fall. A setting shows collapse on a metric when every size has one.
+
+    python -m kinject.law.regimes multirun/cpu_screen [--metric memorization/acc_token ...] [--out table.json]
+
+The verdicts are fit_law's (law.curves.fit_curve: the paired bootstrap and the model comparison), so a
+row says no more than fit_law would per size; the F* intervals are left to fit_law.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kinject.law.curves import fit_curve
+from kinject.law.runs import TableError, load_runs, to_groups
+
+METRICS = ("memorization/acc_token", "memorization/margin", "extraction/acc_token", "extraction/margin",
+           "background/acc_token", "background/margin")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    model: str
+    interior: bool
+    status: str
+    p_rise: float | None
+    p_fall: float | None
+    peak: float | None  # F of the highest mean, when F > 0 runs exist
+    runs: int
+
+
+@dataclass(frozen=True)
+class Row:
+    setting: str
+    metric: str
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def collapse(self) -> bool:
+        return len(self.verdicts) > 1 and all(v.interior for v in self.verdicts)
+
+
+def _plain(value: str) -> str:
+    """A condition value as typed on the command line (conditions hold settings as JSON)."""
+    try:
+        decoded = json.loads(value)
+    except json.JSONDecodeError:
+        return value
+    return decoded if isinstance(decoded, str) else value
+
+
+def _setting(tokens: float, condition: tuple[tuple[str, str], ...], budgets: int) -> str:
+    parts = [f"{key}={_plain(value)}" for key, value in condition]
+    return " ".join(([f"D={tokens:.3g}"] if budgets > 1 else []) + parts) or "(one setting)"
+
+
+def screen(dirs: Sequence[Path], metrics: Sequence[str], n_boot: int, seed: int) -> list[Row]:
+    """Every (setting, metric) row, in the order of `metrics`."""
+    rows = []
+    for metric in metrics:
+        groups = to_groups(load_runs(dirs, metric))
+        budgets = len({g.tokens for g in groups})
+        rng = np.random.default_rng(seed)
+        by_setting: dict[str, list[Verdict]] = {}
+        for group in groups:
+            fit = fit_curve(group.curve, n_boot, rng, interval=False)
+            test = fit.test
+            by_setting.setdefault(_setting(group.tokens, group.condition, budgets), []).append(Verdict(
+                group.model, fit.status == "ok", fit.status, test and test.p_rise, test and test.p_fall,
+                test.peak_freq if test else None, len(group.curve.freq)))
+        rows += [Row(setting, metric, tuple(v)) for setting, v in by_setting.items()]
+    return rows
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    lines = ["| setting | metric | per size: interior optimum (p rise / p fall, F of the top mean) | collapse |",
+             "|---|---|---|---|"]
+    for row in rows:
+        cells = "; ".join(f"{v.model} {'yes' if v.interior else 'no'} ({_p(v.p_rise)} / {_p(v.p_fall)}, "
+                          f"top at F = {v.peak:g})" if v.peak is not None else f"{v.model} {v.status}"
+                          for v in row.verdicts)
+        lines.append(f"| {row.setting} | `{row.metric}` | {cells} | {'**yes**' if row.collapse else 'no'} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="folders searched recursively for results.json")
+    parser.add_argument("--metric", action="append", help=f"repeatable; default: {', '.join(METRICS)}")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="resamples of the shape test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="the rows as JSON")
+    args = parser.parse_args(argv)
+    try:
+        rows = screen(args.runs, args.metric or METRICS, args.bootstrap, args.seed)
+    except TableError as error:
+        print(f"regimes: {error}", file=sys.stderr)
+        return 2
+    print(markdown(rows))
+    if args.out:
+        args.out.write_text(json.dumps([{**asdict(r), "collapse": r.collapse} for r in rows], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The regime table reads a screen's run folders and says, per setting and metric, whether every size has an
+interior optimum: a setting whose curves rise and fall shows collapse, one whose curves saturate does not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kinject.law import regimes
+
+FREQS = (0, 2, 8, 32, 128, 512)
+FACTS = 300
+
+
+def shape(packing: str, freq: int) -> float:
+    if freq == 0:
+        return 0.25
+    rising = 0.25 + 0.7 * (1 - np.exp(-freq / 20))
+    return rising if packing == "scattered" else rising - 0.5 * (freq >= 128)
+
+
+def write_screen(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for packing in ("scattered", "block"):
+        for model, params in (("xs", 1e5), ("tiny", 8e5)):
+            for freq in FREQS:
+                for seed in (0, 1):
+                    outcomes = (rng.random(FACTS) < shape(packing, freq)).astype(int).tolist()
+                    run = root / f"infusion.packing={packing},model={model},infusion.freq={freq},seed={seed}"
+                    run.mkdir(parents=True)
+                    (run / "results.json").write_text(json.dumps({
+                        "schema": "kinject.results/1", "status": "complete", "run": {"seed": seed},
+                        "model": {"name": model, "params_total": 3 * params, "params_non_embedding": params},
+                        "budget": {"tokens": 1e6}, "infusion": {"freq": freq},
+                        "metrics": {"memorization/acc_token": float(np.mean(outcomes))},
+                        "items": {"memorization": {"fact_id": list(range(FACTS)), "correct_token": outcomes}},
+                        "config": {"infusion": {"packing": packing, "freq": freq}, "model": {"name": model},
+                                   "seed": seed}}))
+
+
+def test_a_setting_shows_collapse_when_every_size_rises_and_falls(tmp_path: Path, capsys) -> None:
+    write_screen(tmp_path / "screen")
+    out = tmp_path / "table.json"
+    assert regimes.main([str(tmp_path / "screen"), "--metric", "memorization/acc_token", "--bootstrap", "300",
+                         "--out", str(out)]) == 0
+    rows = {row["setting"]: row for row in json.loads(out.read_text())}
+    assert rows["infusion.packing=block"]["collapse"] is True
+    assert rows["infusion.packing=scattered"]["collapse"] is False
+    assert {v["model"] for v in rows["infusion.packing=block"]["verdicts"]} == {"xs", "tiny"}
+    assert all(v["peak"] == 32 and v["p_fall"] < 0.05 for v in rows["infusion.packing=block"]["verdicts"])
+    table = capsys.readouterr().out
+    assert "| infusion.packing=block | `memorization/acc_token` |" in table and "**yes**" in table
+
+
+def test_no_runs_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert regimes.main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.startswith("regimes: ")
