@@ -103,7 +103,7 @@ def complete_runs(folders: Iterable[str | os.PathLike]) -> Iterator[RunRecord]:
 
 
 COLUMNS = ("model", "params_total", "params_non_embedding", "tokens", "freq", "format", "paraphrase", "seed",
-           "num_facts", "injected_share")
+           "num_facts", "injected_share", "budget_mode", "packing", "window")
 
 
 def table(folders: list[str | os.PathLike]) -> tuple[list[str], list[list[Any]]]:
@@ -112,7 +112,8 @@ def table(folders: list[str | os.PathLike]) -> tuple[list[str], list[list[Any]]]
     metrics = sorted({key for r in records for key in r["metrics"]})
     rows = [[r["model"]["name"], r["model"]["params_total"], r["model"]["params_non_embedding"], r["budget"]["tokens"],
              r["infusion"]["freq"], r["infusion"]["format"], r["infusion"]["paraphrase"], r["run"]["seed"],
-             r["infusion"]["num_facts"], round(r["infusion"]["injected_share"], 5),
+             r["infusion"]["num_facts"], round(r["infusion"]["injected_share"], 5), r["budget"].get("mode", "fixed_total"),
+             r["infusion"].get("packing", "scattered"), "-".join(map(str, r["infusion"].get("window", (0.0, 1.0)))),
              *(r["metrics"].get(key, "") for key in metrics)] for r in records]
     return [*COLUMNS, *metrics], sorted(rows, key=lambda row: (row[1], row[3], row[4], row[7]))
 

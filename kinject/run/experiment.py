@@ -53,6 +53,8 @@ class Experiment:
             "freq": self.infusion.freq,
             "format": self.infusion.format,
             "paraphrase": self.infusion.paraphrase,
+            "packing": self.infusion.packing,
+            "window": list(self.infusion.window),
             "num_facts": len(self.knowledge.facts),
             "exposures": exposures,
             "injected_tokens": dataset.injected_tokens,
