@@ -58,3 +58,12 @@ def test_no_runs_is_one_clear_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert regimes.main([str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("regimes: ")
+
+
+def test_a_no_says_when_only_the_model_comparison_refused_the_optimum() -> None:
+    def verdict(interior: bool, p_rise: float, p_fall: float) -> regimes.Verdict:
+        return regimes.Verdict("xs", interior, "ok" if interior else "no interior optimum", p_rise, p_fall, 32.0, 12)
+
+    assert verdict(True, 0.001, 0.01).word() == "yes"
+    assert verdict(False, 0.001, 0.01).word() == "no, AICc prefers saturating"
+    assert verdict(False, 0.001, 0.2).word() == "no"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kinject.law.curves import fit_curve
+from kinject.law.peak import ALPHA
 from kinject.law.runs import TableError, load_runs, to_groups
 
 METRICS = ("memorization/acc_token", "memorization/margin", "extraction/acc_token", "extraction/margin",
@@ -35,6 +36,12 @@ class Verdict:
     p_fall: float | None
     peak: float | None  # F of the highest mean, when F > 0 runs exist
     runs: int
+    preferred: str | None = None  # by AICc: "rise-and-fall" | "saturating"
+
+    def word(self) -> str:
+        """yes; or no, saying so where the shape test alone would have said yes."""
+        shape = self.p_rise is not None and self.p_fall is not None and max(self.p_rise, self.p_fall) < ALPHA
+        return "yes" if self.interior else "no, AICc prefers saturating" if shape else "no"
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ def screen(dirs: Sequence[Path], metrics: Sequence[str], n_boot: int, seed: int)
             test = fit.test
             by_setting.setdefault(_setting(group.tokens, group.condition, budgets), []).append(Verdict(
                 group.model, fit.status == "ok", fit.status, test and test.p_rise, test and test.p_fall,
-                test.peak_freq if test else None, len(group.curve.freq)))
+                test.peak_freq if test else None, len(group.curve.freq), fit.preferred))
         rows += [Row(setting, metric, tuple(v)) for setting, v in by_setting.items()]
     return rows
 
@@ -88,7 +95,7 @@ def markdown(rows: Sequence[Row]) -> str:
     lines = ["| setting | metric | per size: interior optimum (p rise / p fall, F of the top mean) | collapse |",
              "|---|---|---|---|"]
     for row in rows:
-        cells = "; ".join(f"{v.model} {'yes' if v.interior else 'no'} ({_p(v.p_rise)} / {_p(v.p_fall)}, "
+        cells = "; ".join(f"{v.model} {v.word()} ({_p(v.p_rise)} / {_p(v.p_fall)}, "
                           f"top at F = {v.peak:g})" if v.peak is not None else f"{v.model} {v.status}"
                           for v in row.verdicts)
         lines.append(f"| {row.setting} | `{row.metric}` | {cells} | {'**yes**' if row.collapse else 'no'} |")
