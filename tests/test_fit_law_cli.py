@@ -281,3 +281,21 @@ def test_seeds_are_replicates_even_where_the_infusion_seed_follows_them(tmp_path
             path.write_text(json.dumps(payload))
     (group,) = to_groups(load_runs([tmp_path / "sweep"]))
     assert group.label == "tiny" and group.curve.freq.tolist() == [4, 4, 16, 16, 64, 64]
+
+
+def test_fixed_background_runs_grow_with_f_and_still_make_one_curve(tmp_path: Path) -> None:
+    """Under fixed_background a run trains its background budget plus its injected tokens (whole steps), so D
+    differs at every F; the curve is keyed on the background budget, the same at every F."""
+    rng = np.random.default_rng(0)
+    step = 16 * 128
+    for freq in (0, 2, 8, 32, 128):
+        path = write_run(tmp_path / "sweep", "tiny", freq, 0, rng) / "results.json"
+        record = json.loads(path.read_text())
+        injected = freq * FACTS * 13
+        grown = 488 * step + -(-injected // step) * step
+        record["budget"] = {"tokens": grown, "seq_len": 128, "batch_size": 16, "steps": grown // step,
+                            "mode": "fixed_background", "injected_tokens": injected, "background_tokens": grown - injected}
+        path.write_text(json.dumps(record))
+    groups = to_groups(load_runs([tmp_path / "sweep"]))
+    assert len(groups) == 1 and groups[0].tokens == 488 * step
+    assert sorted(groups[0].curve.freq.tolist()) == [0, 2, 8, 32, 128]

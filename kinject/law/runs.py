@@ -99,6 +99,15 @@ def _condition(format_: Any, paraphrase: Any, config: Mapping[str, Any]) -> tupl
     return tuple(named + rest)
 
 
+def _curve_tokens(budget: Mapping[str, Any]) -> float:
+    """D of a run's P(F) curve: the tokens trained, but under fixed_background the background budget, the
+    same at every F (the run grows by its injected tokens, in whole steps)."""
+    if budget.get("mode") != "fixed_background":
+        return float(budget["tokens"])
+    step = budget["batch_size"] * budget["seq_len"]
+    return float(budget["background_tokens"] // step * step)
+
+
 def _from_results(path: Path, payload: dict[str, Any], metric: str) -> Run | str:
     """A Run from a complete run's record, or the reason to skip it."""
     value = payload["metrics"].get(metric)
@@ -111,7 +120,7 @@ def _from_results(path: Path, payload: dict[str, Any], metric: str) -> Run | str
     return Run(
         model=model["name"],
         params={k: float(model[f"params_{k}"]) for k in PARAMS if model.get(f"params_{k}") is not None},
-        tokens=float(payload["budget"]["tokens"]), freq=float(infusion["freq"]), acc=float(value),
+        tokens=_curve_tokens(payload["budget"]), freq=float(infusion["freq"]), acc=float(value),
         seed=payload["run"].get("seed"), n_items=None if items is None else items.size,
         fact_ids=tuple(outcomes["fact_id"]) if items is not None and "fact_id" in outcomes else None,
         items=items, condition=_condition(infusion.get("format"), infusion.get("paraphrase"), payload.get("config", {})),
