@@ -46,12 +46,12 @@ def test_a_setting_shows_collapse_when_every_size_rises_and_falls(tmp_path: Path
     assert regimes.main([str(tmp_path / "screen"), "--metric", "memorization/acc_token", "--bootstrap", "300",
                          "--out", str(out)]) == 0
     rows = {row["setting"]: row for row in json.loads(out.read_text())}
-    assert rows["infusion.packing=block"]["collapse"] is True
-    assert rows["infusion.packing=scattered"]["collapse"] is False
+    assert rows["infusion.packing=block"]["collapse"] is rows["infusion.packing=block"]["confirmed"] is True
+    assert rows["infusion.packing=scattered"]["collapse"] is rows["infusion.packing=scattered"]["confirmed"] is False
     assert {v["model"] for v in rows["infusion.packing=block"]["verdicts"]} == {"xs", "tiny"}
     assert all(v["peak"] == 32 and v["p_fall"] < 0.05 for v in rows["infusion.packing=block"]["verdicts"])
     table = capsys.readouterr().out
-    assert "| infusion.packing=block | `memorization/acc_token` |" in table and "**yes**" in table
+    assert "| infusion.packing=block | `memorization/acc_token` |" in table and "| **yes** | **yes** |" in table
 
 
 def test_no_runs_is_one_clear_line(tmp_path: Path, capsys) -> None:
@@ -67,3 +67,5 @@ def test_a_no_says_when_only_the_model_comparison_refused_the_optimum() -> None:
     assert verdict(True, 0.001, 0.01).word() == "yes"
     assert verdict(False, 0.001, 0.01).word() == "no, AICc prefers saturating"
     assert verdict(False, 0.001, 0.2).word() == "no"
+    shape_only = regimes.Row("s", "m", (verdict(True, 0.001, 0.01), verdict(False, 0.001, 0.01)))
+    assert shape_only.collapse and not shape_only.confirmed

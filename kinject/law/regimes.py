@@ -1,6 +1,7 @@
 """The regime table of a screen: one row per setting (the knobs that vary across the runs read, and D),
 and per metric whether each size has an interior optimum, with the shape test's p-values for the rise
-and the fall. A setting shows collapse on a metric when every size has one.
+and the fall. A setting shows collapse on a metric when the paired bootstrap finds a rise and a fall
+for every size; it is confirmed when fit_law's model comparison prefers the rise-and-fall form too.
 
     python -m kinject.law.regimes multirun/cpu_screen [--metric memorization/acc_token ...] [--out table.json]
 
@@ -38,10 +39,14 @@ class Verdict:
     runs: int
     preferred: str | None = None  # by AICc: "rise-and-fall" | "saturating"
 
+    @property
+    def shape(self) -> bool:
+        """The paired bootstrap alone finds a rise and a fall."""
+        return self.p_rise is not None and self.p_fall is not None and max(self.p_rise, self.p_fall) < ALPHA
+
     def word(self) -> str:
         """yes; or no, saying so where the shape test alone would have said yes."""
-        shape = self.p_rise is not None and self.p_fall is not None and max(self.p_rise, self.p_fall) < ALPHA
-        return "yes" if self.interior else "no, AICc prefers saturating" if shape else "no"
+        return "yes" if self.interior else "no, AICc prefers saturating" if self.shape else "no"
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,13 @@ class Row:
 
     @property
     def collapse(self) -> bool:
-        return len(self.verdicts) > 1 and all(v.interior for v in self.verdicts)
+        """Issue #17's rule: the paired bootstrap finds an interior optimum for every size (two or more)."""
+        return len(self.verdicts) > 1 and all(v.shape for v in self.verdicts)
+
+    @property
+    def confirmed(self) -> bool:
+        """The collapse holds by fit_law's full verdict too: the rise-and-fall form preferred for every size."""
+        return self.collapse and all(v.interior for v in self.verdicts)
 
 
 def _plain(value: str) -> str:
@@ -92,13 +103,14 @@ def _p(value: float | None) -> str:
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    lines = ["| setting | metric | per size: interior optimum (p rise / p fall, F of the top mean) | collapse |",
-             "|---|---|---|---|"]
+    lines = ["| setting | metric | per size: interior optimum (p rise / p fall, F of the top mean) | collapse "
+             "(shape test, every size) | and by AICc |", "|---|---|---|---|---|"]
     for row in rows:
         cells = "; ".join(f"{v.model} {v.word()} ({_p(v.p_rise)} / {_p(v.p_fall)}, "
                           f"top at F = {v.peak:g})" if v.peak is not None else f"{v.model} {v.status}"
                           for v in row.verdicts)
-        lines.append(f"| {row.setting} | `{row.metric}` | {cells} | {'**yes**' if row.collapse else 'no'} |")
+        lines.append(f"| {row.setting} | `{row.metric}` | {cells} | {'**yes**' if row.collapse else 'no'} | "
+                     f"{'**yes**' if row.confirmed else 'no'} |")
     return "\n".join(lines)
 
 
@@ -117,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(markdown(rows))
     if args.out:
-        args.out.write_text(json.dumps([{**asdict(r), "collapse": r.collapse} for r in rows], indent=1))
+        args.out.write_text(json.dumps([{**asdict(r), "collapse": r.collapse, "confirmed": r.confirmed} for r in rows],
+                                       indent=1))
     return 0
 
 
