@@ -61,11 +61,13 @@ def test_no_runs_is_one_clear_line(tmp_path: Path, capsys) -> None:
 
 
 def test_a_no_says_when_only_the_model_comparison_refused_the_optimum() -> None:
-    def verdict(interior: bool, p_rise: float, p_fall: float) -> regimes.Verdict:
-        return regimes.Verdict("xs", interior, "ok" if interior else "no interior optimum", p_rise, p_fall, 32.0, 12)
+    def verdict(interior: bool, p_rise: float, p_fall: float, preferred: str = "saturating") -> regimes.Verdict:
+        return regimes.Verdict("xs", interior, "ok" if interior else "no interior optimum", p_rise, p_fall, 32.0, 12,
+                               preferred)
 
     assert verdict(True, 0.001, 0.01).word() == "yes"
     assert verdict(False, 0.001, 0.01).word() == "no, AICc prefers saturating"
     assert verdict(False, 0.001, 0.2).word() == "no"
+    assert verdict(False, 0.001, 0.01, "rise-and-fall").word() == "no, the fitted form has no optimum"
     shape_only = regimes.Row("s", "m", (verdict(True, 0.001, 0.01), verdict(False, 0.001, 0.01)))
     assert shape_only.collapse and not shape_only.confirmed

@@ -45,8 +45,10 @@ class Verdict:
         return self.p_rise is not None and self.p_fall is not None and max(self.p_rise, self.p_fall) < ALPHA
 
     def word(self) -> str:
-        """yes; or no, saying so where the shape test alone would have said yes."""
-        return "yes" if self.interior else "no, AICc prefers saturating" if self.shape else "no"
+        """yes; or no, saying why where the shape test alone would have said yes."""
+        if self.interior or not self.shape:
+            return "yes" if self.interior else "no"
+        return "no, AICc prefers saturating" if self.preferred == "saturating" else "no, the fitted form has no optimum"
 
 
 @dataclass(frozen=True)
