@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from omegaconf import OmegaConf, open_dict
 
@@ -79,3 +81,10 @@ def test_a_new_suite_is_one_registered_function_and_its_name(make_cfg, monkeypat
     assert len(prepare(cfg).evaluator.suites["first_five"].items) == 5
     with pytest.raises(ConfigError, match="eval.suites: expected one of memorization, extraction, question, background, background_extraction, first_five"):
         validate(make_cfg("eval.suites=[memorization,no_such_suite]"))
+
+
+def test_a_config_error_survives_the_trip_back_from_a_parallel_sweep_worker():
+    """joblib's workers return a failed job's error pickled; unpickling it used to fail and stop the sweep."""
+    error = ConfigError("data.seq_len", "room for the 265 injected tokens", 128, hint="raise data.seq_len")
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is ConfigError and str(again) == str(error) and again.key == "data.seq_len"
