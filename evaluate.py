@@ -3,6 +3,7 @@
     python evaluate.py ckpt=outputs/.../checkpoints/last.ckpt [out=eval.json] [device=cuda:0] [precision=32-true]
     python evaluate.py ckpt=outputs/.../checkpoints/last.ckpt export=hf/tiny-f16   # transformers folder
     python evaluate.py ckpt=hf/tiny-f16                                             # an exported folder
+    python evaluate.py ckpt=... "suites=[memorization,memorization_in_sequence]"    # other suites than the run's
 
 A checkpoint (and an export) carries its run's resolved config, so the same world, knowledge,
 items and tokenizer are rebuilt and the numbers match what training logged. A sharded (FSDP)
@@ -37,8 +38,9 @@ log = logging.getLogger("kinject")
 CONFIG_FILE = "kinject_config.json"
 
 
-def load(path: str | Path) -> tuple[Experiment, PreTrainedModel, dict[str, Any]]:
-    """The run's experiment and model, from a Lightning checkpoint or an exported transformers folder."""
+def load(path: str | Path, suites: list[str] | None = None) -> tuple[Experiment, PreTrainedModel, dict[str, Any]]:
+    """The run's experiment and model, from a Lightning checkpoint or an exported transformers folder;
+    `suites` replaces the run's eval.suites."""
     path = Path(path)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         config = json.loads((path / CONFIG_FILE).read_text())
@@ -58,12 +60,16 @@ def load(path: str | Path) -> tuple[Experiment, PreTrainedModel, dict[str, Any]]
         model = module.model
     else:
         raise ConfigError("ckpt", f"a checkpoint file from train.py or a folder exported with {CONFIG_FILE}", str(path))
+    if suites is not None:
+        config = {**config, "eval": {**config["eval"], "suites": list(suites)}}
     return prepare(OmegaConf.create(config)), model, config
 
 
-def evaluate(path: str | Path, device: str = "auto", precision: str = "auto") -> Evaluation:
-    """Scores a checkpoint on `device` (auto: the GPU if there is one) under `precision` (auto: the run's)."""
-    experiment, model, config = load(path)
+def evaluate(path: str | Path, device: str = "auto", precision: str = "auto",
+             suites: list[str] | None = None) -> Evaluation:
+    """Scores a checkpoint on `device` (auto: the GPU if there is one) under `precision` (auto: the run's),
+    on the run's suites or on `suites`."""
+    experiment, model, config = load(path, suites)
     target = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     chosen = config["trainer"]["precision"] if precision == "auto" else precision
     return experiment.evaluator(model.to(target), precision_context(str(chosen), target))
@@ -101,7 +107,8 @@ def main(cfg: DictConfig) -> None:
         if cfg.export:
             print(f"exported: {export(cfg.ckpt, cfg.export, bool(cfg.overwrite))}")
             return
-        evaluation = evaluate(cfg.ckpt, str(cfg.device), str(cfg.precision))
+        suites = None if cfg.suites is None else list(cfg.suites)
+        evaluation = evaluate(cfg.ckpt, str(cfg.device), str(cfg.precision), suites)
     except ConfigError as error:
         log.error("%s", error)
         sys.exit(2)

@@ -73,3 +73,25 @@ def test_xxs_is_small_enough_for_thousands_of_facts_to_approach_its_capacity(mak
     assert non_embedding < 40_000 < total
     assert len({f.subject for f in experiment.knowledge.facts}) == 2000 // 6 + (2000 % 6 > 0)
     assert len(experiment.knowledge.facts) == 2000
+
+
+@pytest.mark.parametrize(("packing", "freq"), [("scattered", 16), ("block", 3)])
+def test_an_in_sequence_question_reads_the_training_sequence_of_the_facts_last_exposure(make_cfg, packing, freq):
+    experiment = prepare(make_cfg(f"infusion.freq={freq}", f"infusion.packing={packing}",
+                                  "eval.suites=[memorization,memorization_in_sequence]"))
+    dataset = experiment.datamodule.dataset
+    schedule = dataset.schedule
+    last = {int(f): int(s) for f, s, k in zip(schedule.fact, schedule.sequence, schedule.exposure) if k == freq - 1}
+    encoded = experiment.evaluator.suites["memorization_in_sequence"]
+    alone = experiment.evaluator.suites["memorization"]
+    for n, item in enumerate(encoded.items):
+        gold, gold_alone = encoded.ids[n * 4 + item.gold], alone.ids[n * 4 + item.gold]
+        assert gold == dataset[last[n]]["input_ids"][: len(gold)].tolist()
+        assert gold[-len(gold_alone):] == gold_alone
+    assert [item.options for item in encoded.items] == [item.options for item in alone.items]
+    assert sum(bool(item.context) for item in encoded.items) > len(encoded.items) // (2 if packing == "block" else 8)
+
+
+def test_with_nothing_injected_there_is_no_in_sequence_question(make_cfg):
+    experiment = prepare(make_cfg("infusion.freq=0", "eval.suites=[memorization,memorization_in_sequence]"))
+    assert set(experiment.evaluator.suites) == {"memorization"}

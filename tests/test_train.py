@@ -43,6 +43,10 @@ def test_train_writes_results_and_evaluate_reproduces_them(make_cfg, tmp_path):
         assert value == pytest.approx(record["metrics"][key], abs=1e-6), key
     assert again.items["memorization"]["correct_token"] == record["items"]["memorization"]["correct_token"]
 
+    other = evaluate(out / "checkpoints" / "last.ckpt", suites=["memorization", "memorization_in_sequence"])
+    assert set(other.items) == {"memorization", "memorization_in_sequence"}
+    assert other.metrics["memorization/acc_token"] == again.metrics["memorization/acc_token"]
+
 
 def test_a_crashed_run_resumes_to_the_same_result_as_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch):
     overrides = ("tokens=8192", "trainer.checkpoint.every_n_steps=2", "infusion.freq=2")

@@ -79,7 +79,7 @@ def test_a_new_suite_is_one_registered_function_and_its_name(make_cfg, monkeypat
     monkeypatch.setitem(SUITES._entries, "first_five", lambda inputs: SUITES.get("memorization")(inputs)[:5])
     cfg = make_cfg("eval.suites=[memorization,first_five]", "metric=first_five/acc_token")
     assert len(prepare(cfg).evaluator.suites["first_five"].items) == 5
-    with pytest.raises(ConfigError, match="eval.suites: expected one of memorization, extraction, question, background, background_extraction, first_five"):
+    with pytest.raises(ConfigError, match="eval.suites: expected one of memorization, memorization_in_sequence, extraction, question, background, background_extraction, first_five"):
         validate(make_cfg("eval.suites=[memorization,no_such_suite]"))
 
 

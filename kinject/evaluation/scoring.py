@@ -1,7 +1,8 @@
 """Memorization as 4-way multiple choice scored by likelihood, and held-out LM loss.
 
 Each option is scored as the log-likelihood of its tokens given the question, with question and
-option tokenized jointly (as training saw them). All options of a batch of items go through the
+option tokenized jointly (as training saw them), after the item's context documents if it has any,
+each EOS-led as in the training stream. All options of a batch of items go through the
 model in one forward pass. Accuracy is reported three ways: summed log-likelihood, per-token mean
 (the paper's perplexity choice) and per-character mean; per-item outcomes are kept for the fits.
 
@@ -43,10 +44,11 @@ def encode_items(tokenizer, items: Sequence[Item]) -> EncodedItems:
     for item in items:
         texts = [f"{item.prompt} {option}" for option in item.options]
         encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        lead = [int(t) for doc in encode_documents(tokenizer, item.context) for t in doc] if item.context else []
         for row, offsets in zip(encoded["input_ids"], encoded["offset_mapping"]):
             first = next(i for i, (start, _) in enumerate(offsets) if start >= len(item.prompt))
-            ids.append([eos, *row])
-            starts.append(first + 1)
+            ids.append([*lead, eos, *row])
+            starts.append(len(lead) + first + 1)
         chars.append([len(option) + 1 for option in item.options])
     return EncodedItems(list(items), ids, starts, np.array(chars, dtype=np.float64).reshape(len(items), -1))
 

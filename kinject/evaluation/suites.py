@@ -12,7 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from kinject.infusion.formats import InfusionConfig, QuestionAnswer, extraction_prompt, memorization_prompt
+from kinject.infusion.formats import InfusionConfig, QuestionAnswer, extraction_prompt, memorization_prompt, render
+from kinject.infusion.schedule import Schedule
 from kinject.knowledge.facts import Item, KnowledgeSet, Relation, multiple_choice
 from kinject.knowledge.world import World
 from kinject.registry import Registry
@@ -26,6 +27,7 @@ class SuiteInputs:
     world: World | None      # the synthetic world, when it is the background corpus
     background_facts: int    # eval.background_facts
     eval_seed: int           # which background facts, and their distractors (eval.seed)
+    schedule: Schedule | None = None  # where the run places each exposure
 
 
 Suite = Callable[[SuiteInputs], list[Item]]
@@ -38,6 +40,20 @@ def memorization(inputs: SuiteInputs) -> list[Item]:
     knowledge = inputs.knowledge
     return multiple_choice(knowledge, [memorization_prompt(knowledge, f, inputs.infusion) for f in knowledge.facts],
                            inputs.seed)
+
+
+@SUITES.register("memorization_in_sequence")
+def memorization_in_sequence(inputs: SuiteInputs) -> list[Item]:
+    """The injected facts asked where they were last trained: after the texts spliced before the fact's last
+    exposure in its sequence (with `block` packing, its neighbours in the list). Beside `memorization`, which
+    asks each fact alone, it tells a fact known only inside its list from one that is lost. Empty at F = 0."""
+    knowledge, schedule = inputs.knowledge, inputs.schedule
+    if schedule is None or not len(schedule.fact):
+        return []
+    contexts = [tuple(render(knowledge, knowledge.facts[g], k, inputs.infusion) for g, k in before)
+                for before in schedule.before_last(len(knowledge.facts))]
+    prompts = [memorization_prompt(knowledge, f, inputs.infusion) for f in knowledge.facts]
+    return multiple_choice(knowledge, prompts, inputs.seed, contexts=contexts)
 
 
 @SUITES.register("extraction")

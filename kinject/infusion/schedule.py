@@ -35,6 +35,17 @@ class Schedule:
         lo, hi = np.searchsorted(self.sequence, [index, index + 1])
         return slice(int(lo), int(hi))
 
+    def before_last(self, num_facts: int) -> list[list[tuple[int, int]]]:
+        """Per fact, the exposures (fact, exposure number) spliced before its last exposure in that
+        exposure's sequence, in stream order: the context the fact was last trained in."""
+        context: list[list[tuple[int, int]]] = [[] for _ in range(num_facts)]
+        if not len(self.fact):
+            return context
+        for i in np.flatnonzero(self.exposure == self.exposure.max()).tolist():
+            lo = self.at(int(self.sequence[i])).start
+            context[int(self.fact[i])] = list(zip(self.fact[lo:i].tolist(), self.exposure[lo:i].tolist()))
+        return context
+
 
 def window_sequences(window: tuple[float, float], num_sequences: int) -> tuple[int, int]:
     """The first sequence of the window and the one after its last."""

@@ -123,10 +123,12 @@ class Item:
     prompt: str
     options: tuple[str, ...]
     gold: int
+    context: tuple[str, ...] = ()  # documents read before the prompt, each EOS-led as in training
 
 
 def multiple_choice(
-    knowledge: KnowledgeSet, prompts: Sequence[str], seed: int, facts: Sequence[Fact] | None = None
+    knowledge: KnowledgeSet, prompts: Sequence[str], seed: int, facts: Sequence[Fact] | None = None,
+    contexts: Sequence[tuple[str, ...]] | None = None,
 ) -> list[Item]:
     """Items whose distractors and gold position depend only on the seed and the fact.
 
@@ -134,10 +136,11 @@ def multiple_choice(
     every model and every F is asked exactly the same questions; gold positions are balanced.
     """
     facts = list(knowledge.facts if facts is None else facts)
+    contexts = [()] * len(facts) if contexts is None else contexts
     rng = np.random.default_rng([seed, 7])
     golds = rng.permutation(np.arange(len(facts)) % OPTIONS)
     items = []
-    for fact, prompt, gold in zip(facts, prompts, golds, strict=True):
+    for fact, prompt, gold, context in zip(facts, prompts, golds, contexts, strict=True):
         excluded = knowledge.true_objects.get((fact.subject, fact.relation), set()) | {fact.object}
         pool = sorted(set(knowledge.candidates[fact.relation]) - excluded)
         if len(pool) < OPTIONS - 1:
@@ -145,5 +148,5 @@ def multiple_choice(
         pick = np.random.default_rng([seed, fact.id]).choice(len(pool), OPTIONS - 1, replace=False)
         options = [pool[i] for i in pick]
         options.insert(int(gold), fact.object)
-        items.append(Item(fact.id, fact.relation, prompt, tuple(options), int(gold)))
+        items.append(Item(fact.id, fact.relation, prompt, tuple(options), int(gold), tuple(context)))
     return items

@@ -89,7 +89,7 @@ def prepare(cfg: DictConfig) -> Experiment:
 
     suites = build_suites(list(cfg.eval.suites), SuiteInputs(knowledge, infusion, int(cfg.knowledge.seed),
                                                                background.world, int(cfg.eval.background_facts),
-                                                               int(cfg.eval.seed)))
+                                                               int(cfg.eval.seed), schedule))
     heldout = heldout_sequences(tokenizer, background.heldout_documents, budget.seq_len, cfg.eval.heldout_sequences)
     evaluator = Evaluator(tokenizer, suites, heldout, batch_items=int(cfg.eval.batch_items),
                           heldout_batch=int(cfg.eval.heldout_batch), tradeoff_weight=float(cfg.eval.tradeoff_weight))
