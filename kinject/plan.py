@@ -96,8 +96,9 @@ def cost(cfg: DictConfig, overrides: list[str], assumed: Assumptions) -> Job:
         check_freq(freq, budget.sequences, infusion.window)
         check_injection(budget, injected, exposures, freq, float(cfg.infusion.max_share))
         lo, hi = window_sequences(infusion.window, budget.sequences)
-        if freq and infusion.packing == "block":
-            check_block(math.ceil(facts * assumed.statement_tokens / budget.seq_len), (hi - lo) // freq, facts)
+        if freq and infusion.packing != "scattered":
+            check_block(math.ceil(facts * assumed.statement_tokens / budget.seq_len), (hi - lo) // freq, facts,
+                        infusion.packing)
         elif freq:
             per_sequence = math.ceil(facts / ((hi - lo) // freq))  # each of the F slices spreads K evenly
             check_room(math.ceil(per_sequence * assumed.statement_tokens), budget.seq_len)

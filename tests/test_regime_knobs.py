@@ -42,6 +42,23 @@ def test_a_block_lists_every_fact_in_one_fixed_order_in_consecutive_sequences_of
     assert np.array_equal(again.sequence, schedule.sequence) and np.array_equal(again.fact, schedule.fact)
 
 
+def test_a_shuffled_block_lists_every_fact_each_round_in_a_new_order():
+    facts, freq, sequences, seq_len = 40, 5, 300, 64
+    lengths = np.random.default_rng(0).integers(5, 16, size=(freq, facts))
+    schedule = plan(facts, freq, sequences, seed=3, packing="shuffled_block", lengths=lengths, seq_len=seq_len)
+    orders = []
+    for k in range(freq):
+        round_k = schedule.exposure == k
+        rows = schedule.sequence[round_k]
+        assert set(range(rows.min(), rows.max() + 1)) == set(rows.tolist())
+        assert k * sequences // freq <= rows.min() and rows.max() < (k + 1) * sequences // freq
+        assert sorted(schedule.fact[round_k].tolist()) == list(range(facts))
+        orders.append(tuple(schedule.fact[round_k].tolist()))
+    assert len(set(orders)) == freq
+    neighbours = [{(a, b) for a, b in zip(order, order[1:])} for order in orders]
+    assert len(neighbours[0] & neighbours[1]) < facts // 4
+
+
 def test_a_block_longer_than_its_slice_is_refused_before_training():
     lengths = np.full((20, 40), 16)  # a block takes 10 sequences, a slice has 5
     with pytest.raises(ConfigError, match="infusion.packing.*10 sequences; lower infusion.freq"):
@@ -75,7 +92,7 @@ def test_xxs_is_small_enough_for_thousands_of_facts_to_approach_its_capacity(mak
     assert len(experiment.knowledge.facts) == 2000
 
 
-@pytest.mark.parametrize(("packing", "freq"), [("scattered", 16), ("block", 3)])
+@pytest.mark.parametrize(("packing", "freq"), [("scattered", 16), ("block", 3), ("shuffled_block", 3)])
 def test_an_in_sequence_question_reads_the_training_sequence_of_the_facts_last_exposure(make_cfg, packing, freq):
     experiment = prepare(make_cfg(f"infusion.freq={freq}", f"infusion.packing={packing}",
                                   "eval.suites=[memorization,memorization_in_sequence]"))
@@ -89,7 +106,7 @@ def test_an_in_sequence_question_reads_the_training_sequence_of_the_facts_last_e
         assert gold == dataset[last[n]]["input_ids"][: len(gold)].tolist()
         assert gold[-len(gold_alone):] == gold_alone
     assert [item.options for item in encoded.items] == [item.options for item in alone.items]
-    assert sum(bool(item.context) for item in encoded.items) > len(encoded.items) // (2 if packing == "block" else 8)
+    assert sum(bool(item.context) for item in encoded.items) > len(encoded.items) // (8 if packing == "scattered" else 2)
 
 
 def test_with_nothing_injected_there_is_no_in_sequence_question(make_cfg):

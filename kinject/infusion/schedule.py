@@ -7,7 +7,9 @@ so its last exposure falls in the last 1/F of the window. Two packings (`infusio
   injected text never bunches up;
 - `block`: the k-th exposure of every fact forms one fact-dense block, the facts in one seeded
   order fixed for the run, packed whole into consecutive sequences at a seeded place in the slice,
-  the way domain data often arrives as a list of facts.
+  the way domain data often arrives as a list of facts;
+- `shuffled_block`: the same blocks, each round in its own seeded order, so no fact has the same
+  neighbours twice (a fixed list lets a model recall a fact from the one before it).
 Either way a resumed or re-sharded run computes the very same placement.
 """
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from kinject.errors import ConfigError
 
-PACKINGS = ("scattered", "block")
+PACKINGS = ("scattered", "block", "shuffled_block")
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,17 @@ def check_freq(freq: int, num_sequences: int, window: tuple[float, float] = (0.0
                           freq, hint="raise tokens, widen infusion.window or lower infusion.freq")
 
 
-def check_block(needed: int, slice_sequences: int, num_facts: int) -> None:
+def check_block(needed: int, slice_sequences: int, num_facts: int, packing: str = "block") -> None:
     """Refuses a block longer than a slice: the k-th block must fit in the k-th of the window's F slices."""
     if needed > slice_sequences:
         raise ConfigError("infusion.packing", f"blocks that fit the {slice_sequences} sequences of each of the F "
-                          "slices of the window", "block", hint=f"a block of {num_facts} facts takes {needed} "
+                          "slices of the window", packing, hint=f"a block of {num_facts} facts takes {needed} "
                           "sequences; lower infusion.freq or knowledge.num_facts, raise tokens or widen infusion.window")
 
 
 def plan(num_facts: int, freq: int, num_sequences: int, seed: int, window: tuple[float, float] = (0.0, 1.0),
          packing: str = "scattered", lengths: np.ndarray | None = None, seq_len: int = 0) -> Schedule:
-    """`block` needs `lengths[k, f]`, the tokens of fact f's k-th exposure, to pack each block into `seq_len`."""
+    """The blocks need `lengths[k, f]`, the tokens of fact f's k-th exposure, to pack each one into `seq_len`."""
     check_freq(freq, num_sequences, window)
     rng = np.random.default_rng([seed, freq, num_facts, num_sequences])
     lo, hi = window_sequences(window, num_sequences)
@@ -79,10 +81,12 @@ def plan(num_facts: int, freq: int, num_sequences: int, seed: int, window: tuple
     sequences, facts, exposures = [], [], []
     for k in range(freq):
         start, stop = lo + (k * span) // freq, lo + ((k + 1) * span) // freq
+        if packing == "shuffled_block":
+            order = rng.permutation(num_facts)
         offset = rng.random()
-        if packing == "block":
+        if packing != "scattered":
             rows = _rows(lengths[k][order], seq_len)
-            check_block(int(rows[-1]) + 1, stop - start, num_facts)
+            check_block(int(rows[-1]) + 1, stop - start, num_facts, packing)
             sequences.append(start + int(offset * (stop - start - int(rows[-1]))) + rows)
             facts.append(order)
         else:

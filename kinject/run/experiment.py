@@ -83,7 +83,7 @@ def prepare(cfg: DictConfig) -> Experiment:
     if infusion.budget == "fixed_background":
         budget = budget.grown(texts.total)
     schedule = plan(len(knowledge.facts), infusion.freq, budget.sequences, infusion.seed, infusion.window,
-                    infusion.packing, texts.lengths() if infusion.packing == "block" else None, budget.seq_len)
+                    infusion.packing, texts.lengths() if infusion.packing != "scattered" else None, budget.seq_len)
     dataset = InfusedSequences(background.stream, schedule, texts, budget.seq_len, budget.sequences)
     check_fits(dataset, budget, infusion.freq, cfg.infusion.max_share)
 
