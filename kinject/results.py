@@ -4,11 +4,14 @@ Schema `kinject.results/1` (documented in the README): status, run, model, budge
 metrics, curve, items (per-item outcomes per suite) and the full resolved config. A record is
 started, completed or failed, and read here alone; `complete_runs` is the one definition of which
 runs count, shared by train.py (skip what is done), this module's CSV and fit_law.py.
-`python -m kinject.results FOLDER... > runs.csv` flattens the complete runs below folders into a table.
+`python -m kinject.results FOLDER... > runs.csv` flattens the complete runs below folders into a table;
+`--metrics-from in_sequence.json` takes each run's metrics from that file beside its record instead (what
+`evaluate.py ... out=RUN/in_sequence.json` wrote when it re-scored the run on other suites).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -106,9 +109,14 @@ COLUMNS = ("model", "params_total", "params_non_embedding", "tokens", "freq", "f
            "num_facts", "injected_share", "budget_mode", "packing", "window")
 
 
-def table(folders: list[str | os.PathLike]) -> tuple[list[str], list[list[Any]]]:
-    """One row per complete run below the folders: its identity, then every metric (a CSV for people)."""
+def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> tuple[list[str], list[list[Any]]]:
+    """One row per complete run below the folders: its identity, then every metric (a CSV for people). With
+    `metrics_from`, the metrics of that file in the run's folder, for the runs that have one."""
     records = list(complete_runs(folders))
+    if metrics_from:
+        found = [(r, r.path.parent / metrics_from) for r in records]
+        records = [RunRecord(r.path, {**r.data, "metrics": json.loads(p.read_text())["metrics"]})
+                   for r, p in found if p.is_file()]
     metrics = sorted({key for r in records for key in r["metrics"]})
     rows = [[r["model"]["name"], r["model"]["params_total"], r["model"]["params_non_embedding"], r["budget"]["tokens"],
              r["infusion"]["freq"], r["infusion"]["format"], r["infusion"]["paraphrase"], r["run"]["seed"],
@@ -119,11 +127,11 @@ def table(folders: list[str | os.PathLike]) -> tuple[list[str], list[list[Any]]]
 
 
 def main(argv: list[str]) -> int:
-    """python -m kinject.results FOLDER... > runs.csv"""
-    if not argv:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    header, rows = table(argv)
+    parser = argparse.ArgumentParser(prog="python -m kinject.results", description="complete runs as CSV on stdout")
+    parser.add_argument("folders", nargs="+", help="searched recursively for results.json")
+    parser.add_argument("--metrics-from", metavar="FILE", help="each run's metrics from this file in its folder")
+    args = parser.parse_args(argv)
+    header, rows = table(args.folders, args.metrics_from)
     writer = csv.writer(sys.stdout)
     writer.writerow(header)
     writer.writerows(rows)

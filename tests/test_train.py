@@ -92,6 +92,14 @@ def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
     assert [rows[1][header.index(key)] for key in ("budget_mode", "packing", "window")] == ["fixed_total", "scattered", "0.0-1.0"]
     assert rows[1][header.index("memorization/acc_token")] == records[2]["metrics"]["memorization/acc_token"]
 
+    rescored = evaluate(Path(records[2]["run"]["output_dir"]) / "checkpoints" / "last.ckpt",
+                        suites=["memorization_in_sequence"])
+    (Path(records[2]["run"]["output_dir"]) / "in_sequence.json").write_text(json.dumps({"metrics": rescored.metrics}))
+    header, rows = results.table([sweep], metrics_from="in_sequence.json")
+    assert [row[header.index("freq")] for row in rows] == [2]
+    assert rows[0][header.index("memorization_in_sequence/acc_token")] == rescored.metrics["memorization_in_sequence/acc_token"]
+    assert "memorization/acc_token" not in header
+
 
 def test_a_failed_job_does_not_stop_the_sweep_and_a_rerun_redoes_only_it(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
