@@ -71,3 +71,15 @@ def test_a_no_says_when_only_the_model_comparison_refused_the_optimum() -> None:
     assert verdict(False, 0.001, 0.01, "rise-and-fall").word() == "no, the fitted form has no optimum"
     shape_only = regimes.Row("s", "m", (verdict(True, 0.001, 0.01), verdict(False, 0.001, 0.01)))
     assert shape_only.collapse and not shape_only.confirmed
+
+
+def test_the_table_can_be_read_for_some_sizes_and_one_budget(tmp_path: Path, capsys) -> None:
+    write_screen(tmp_path / "screen")
+    out = tmp_path / "table.json"
+    assert regimes.main([str(tmp_path / "screen"), "--metric", "memorization/acc_token", "--bootstrap", "200",
+                         "--model", "tiny", "--tokens", "1e6", "--out", str(out)]) == 0
+    rows = {row["setting"]: row for row in json.loads(out.read_text())}
+    assert [v["model"] for v in rows["infusion.packing=block"]["verdicts"]] == ["tiny"]
+    assert rows["infusion.packing=block"]["collapse"] is False  # the rule asks for two sizes or more
+    assert regimes.main([str(tmp_path / "screen"), "--tokens", "2e6"]) == 2
+    assert "no runs of any model at D = 2000000.0" in capsys.readouterr().err

@@ -4,6 +4,7 @@ and the fall. A setting shows collapse on a metric when the paired bootstrap fin
 for every size; it is confirmed when fit_law's model comparison prefers the rise-and-fall form too.
 
     python -m kinject.law.regimes multirun/cpu_screen [--metric memorization/acc_token ...] [--out table.json]
+        [--model xs --model tiny] [--tokens 1e6]      (only these sizes and this budget: the screen's runs)
 
 The verdicts are fit_law's (law.curves.fit_curve: the paired bootstrap and the model comparison), so a
 row says no more than fit_law would per size; the F* intervals are left to fit_law.
@@ -82,11 +83,17 @@ def _setting(tokens: float, condition: tuple[tuple[str, str], ...], budgets: int
     return " ".join(([f"D={tokens:.3g}"] if budgets > 1 else []) + parts) or "(one setting)"
 
 
-def screen(dirs: Sequence[Path], metrics: Sequence[str], n_boot: int, seed: int) -> list[Row]:
-    """Every (setting, metric) row, in the order of `metrics`."""
+def screen(dirs: Sequence[Path], metrics: Sequence[str], n_boot: int, seed: int,
+           models: Sequence[str] = (), tokens: float | None = None) -> list[Row]:
+    """Every (setting, metric) row, in the order of `metrics`, of the runs of `models` at `tokens` (default: all)."""
     rows = []
     for metric in metrics:
-        groups = to_groups(load_runs(dirs, metric))
+        table = load_runs(dirs, metric)
+        table.runs = [r for r in table.runs if (not models or r.model in models) and tokens in (None, r.tokens)]
+        if not table.runs:
+            raise TableError(f"no runs of {', '.join(models) or 'any model'} at D = {tokens or 'any'} "
+                             f"in {', '.join(map(str, dirs))}")
+        groups = to_groups(table)
         budgets = len({g.tokens for g in groups})
         rng = np.random.default_rng(seed)
         by_setting: dict[str, list[Verdict]] = {}
@@ -122,10 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", action="append", help=f"repeatable; default: {', '.join(METRICS)}")
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples of the shape test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", action="append", default=[], help="only this size (repeatable)")
+    parser.add_argument("--tokens", type=float, help="only runs of this budget D")
     parser.add_argument("--out", type=Path, help="the rows as JSON")
     args = parser.parse_args(argv)
     try:
-        rows = screen(args.runs, args.metric or METRICS, args.bootstrap, args.seed)
+        rows = screen(args.runs, args.metric or METRICS, args.bootstrap, args.seed, args.model, args.tokens)
     except TableError as error:
         print(f"regimes: {error}", file=sys.stderr)
         return 2
