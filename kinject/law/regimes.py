@@ -85,11 +85,13 @@ def _setting(tokens: float, condition: tuple[tuple[str, str], ...], budgets: int
 
 def screen(dirs: Sequence[Path], metrics: Sequence[str], n_boot: int, seed: int,
            models: Sequence[str] = (), tokens: float | None = None) -> list[Row]:
-    """Every (setting, metric) row, in the order of `metrics`, of the runs of `models` at `tokens` (default: all)."""
+    """Every (setting, metric) row, in the order of `metrics`, of the runs of `models` whose D is within 1% of
+    `tokens` (tokens=1_000_000 trains 999,424: whole steps); default: all runs."""
     rows = []
     for metric in metrics:
         table = load_runs(dirs, metric)
-        table.runs = [r for r in table.runs if (not models or r.model in models) and tokens in (None, r.tokens)]
+        table.runs = [r for r in table.runs if (not models or r.model in models)
+                      and (tokens is None or abs(r.tokens - tokens) <= 0.01 * tokens)]
         if not table.runs:
             raise TableError(f"no runs of {', '.join(models) or 'any model'} at D = {tokens or 'any'} "
                              f"in {', '.join(map(str, dirs))}")
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples of the shape test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", action="append", default=[], help="only this size (repeatable)")
-    parser.add_argument("--tokens", type=float, help="only runs of this budget D")
+    parser.add_argument("--tokens", type=float, help="only runs of this budget D (within 1%%)")
     parser.add_argument("--out", type=Path, help="the rows as JSON")
     args = parser.parse_args(argv)
     try:
