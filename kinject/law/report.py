@@ -33,6 +33,7 @@ Intervals are [lo, hi] at 95% (bootstrap percentiles); a null bound means unboun
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,8 @@ def fits_figure(analysis: Analysis) -> Figure:
             ax.axvline(fit.f_star, color="tab:red", lw=1.2, label=f"F* = {fit.f_star:.3g}")
             lo, hi = fit.f_star_ci or (fit.f_star, fit.f_star)
             ax.axvspan(lo or fit.freq_span[0], hi or fit.freq_span[1], color="tab:red", alpha=0.15)
-        ax.set(xscale="log", xlabel="F (exposures per fact)", ylabel="P (accuracy)" if bounded else "score",
-               title=f"{group.label}: {fit.status}")
+        ax.set(xscale="log", xlabel="F (exposures per fact)", ylabel="P (accuracy)" if bounded else "score")
+        ax.set_title(_wrapped(f"{group.label}: {fit.status}", 55), fontsize=9)
         if bounded:
             ax.set_ylim(0, 1.05)
         ax.legend(fontsize=7, loc="best")
@@ -281,10 +282,9 @@ def plot_law(analysis: Analysis, path: Path) -> Path:
     axes = fig.subplots(1, len(laws), squeeze=False)
     fits = {g.label: f for g, f in zip(analysis.groups, analysis.fits)}
     for ax, result in zip(axes.flat, laws):
-        title = f"F*(C) [{_condition(result.condition)}]"
+        ax.set_title(_wrapped(f"F*(C) [{_condition(result.condition)}]", 60), fontsize=9)
         if result.law is None:
-            ax.text(0.5, 0.5, result.message, ha="center", va="center", wrap=True, fontsize=9)
-            ax.set(title=title)
+            ax.text(0.5, 0.5, _wrapped(result.message, 60), ha="center", va="center", fontsize=8)
             ax.set_axis_off()
             continue
         targets = np.array([6 * p.params * p.tokens for p in result.predictions])
@@ -302,9 +302,14 @@ def plot_law(analysis: Analysis, path: Path) -> Path:
             errors = [_yerr(p.f_star, p.interval) for p in result.predictions]
             ax.errorbar(targets, [p.f_star for p in result.predictions], yerr=np.array(errors).T, fmt="s",
                         color="tab:red", ms=5, label="predictions")
-        ax.set(xscale="log", yscale="log", xlabel="C = 6 N D", ylabel="F*", title=title)
+        ax.set(xscale="log", yscale="log", xlabel="C = 6 N D", ylabel="F*")
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _wrapped(title: str, width: int) -> str:
+    """A long label (a sweep's settings) on several lines, so that neighbouring titles do not overlap."""
+    return "\n".join(textwrap.wrap(title, width, break_long_words=False))
 
 
 def _save(fig: Figure, path: Path) -> Path:
