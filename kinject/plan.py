@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from kinject.budget import Budget, check_injection, check_room, world_size
 from kinject.errors import ConfigError
 from kinject.infusion.formats import InfusionConfig
-from kinject.infusion.schedule import check_block, check_freq, window_sequences
+from kinject.infusion.schedule import BLOCK_PACKINGS, check_block, check_freq, window_sequences
 from kinject.training.model import ModelSpec, flops_per_token
 from kinject.training.throughput import peak_flops, training_seconds
 
@@ -96,7 +96,7 @@ def cost(cfg: DictConfig, overrides: list[str], assumed: Assumptions) -> Job:
         check_freq(freq, budget.sequences, infusion.window)
         check_injection(budget, injected, exposures, freq, float(cfg.infusion.max_share))
         lo, hi = window_sequences(infusion.window, budget.sequences)
-        if freq and infusion.packing != "scattered":
+        if freq and infusion.packing in BLOCK_PACKINGS:
             check_block(math.ceil(facts * assumed.statement_tokens / budget.seq_len), (hi - lo) // freq, facts,
                         infusion.packing)
         elif freq:

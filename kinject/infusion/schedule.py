@@ -21,7 +21,8 @@ import numpy as np
 
 from kinject.errors import ConfigError
 
-PACKINGS = ("scattered", "block", "shuffled_block")
+BLOCK_PACKINGS = ("block", "shuffled_block")  # each round written as one block of whole facts
+PACKINGS = ("scattered", *BLOCK_PACKINGS)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def plan(num_facts: int, freq: int, num_sequences: int, seed: int, window: tuple
         if packing == "shuffled_block":
             order = rng.permutation(num_facts)
         offset = rng.random()
-        if packing != "scattered":
+        if packing in BLOCK_PACKINGS:
             rows = _rows(lengths[k][order], seq_len)
             check_block(int(rows[-1]) + 1, stop - start, num_facts, packing)
             sequences.append(start + int(offset * (stop - start - int(rows[-1]))) + rows)

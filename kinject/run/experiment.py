@@ -18,7 +18,7 @@ from kinject.data.sources import BACKGROUND_SOURCES
 from kinject.evaluation.scoring import Evaluator, heldout_sequences
 from kinject.evaluation.suites import SuiteInputs, build_suites
 from kinject.infusion.formats import InfusionConfig
-from kinject.infusion.schedule import plan
+from kinject.infusion.schedule import BLOCK_PACKINGS, plan
 from kinject.infusion.sequences import ExposureTexts, InfusedSequences, InfusionDataModule, check_fits
 from kinject.knowledge.facts import KnowledgeSet
 from kinject.knowledge.sources import KNOWLEDGE_SOURCES
@@ -83,7 +83,7 @@ def prepare(cfg: DictConfig) -> Experiment:
     if infusion.budget == "fixed_background":
         budget = budget.grown(texts.total)
     schedule = plan(len(knowledge.facts), infusion.freq, budget.sequences, infusion.seed, infusion.window,
-                    infusion.packing, texts.lengths() if infusion.packing != "scattered" else None, budget.seq_len)
+                    infusion.packing, texts.lengths() if infusion.packing in BLOCK_PACKINGS else None, budget.seq_len)
     dataset = InfusedSequences(background.stream, schedule, texts, budget.seq_len, budget.sequences)
     check_fits(dataset, budget, infusion.freq, cfg.infusion.max_share)
 
