@@ -106,7 +106,7 @@ def complete_runs(folders: Iterable[str | os.PathLike]) -> Iterator[RunRecord]:
 
 
 COLUMNS = ("model", "params_total", "params_non_embedding", "tokens", "freq", "format", "paraphrase", "seed",
-           "num_facts", "injected_share", "budget_mode", "packing", "window")
+           "num_facts", "injected_share", "budget_mode", "packing", "window", "lr")
 
 
 def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> tuple[list[str], list[list[Any]]]:
@@ -122,7 +122,7 @@ def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> 
              r["infusion"]["freq"], r["infusion"]["format"], r["infusion"]["paraphrase"], r["run"]["seed"],
              r["infusion"]["num_facts"], round(r["infusion"]["injected_share"], 5), r["budget"].get("mode", "fixed_total"),
              r["infusion"].get("packing", "scattered"), "-".join(map(str, r["infusion"].get("window", (0.0, 1.0)))),
-             *(r["metrics"].get(key, "") for key in metrics)] for r in records]
+             r["config"]["optim"]["lr"], *(r["metrics"].get(key, "") for key in metrics)] for r in records]
     return [*COLUMNS, *metrics], sorted(rows, key=lambda row: (row[1], row[3], row[4], row[7]))
 
 

@@ -89,7 +89,8 @@ def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
     assert records[0]["run"]["output_dir"] != records[2]["run"]["output_dir"]
     header, rows = results.table([sweep])
     assert [row[header.index("freq")] for row in rows] == [0, 2]
-    assert [rows[1][header.index(key)] for key in ("budget_mode", "packing", "window")] == ["fixed_total", "scattered", "0.0-1.0"]
+    assert [rows[1][header.index(key)] for key in ("budget_mode", "packing", "window", "lr")] == [
+        "fixed_total", "scattered", "0.0-1.0", records[2]["config"]["optim"]["lr"]]
     assert rows[1][header.index("memorization/acc_token")] == records[2]["metrics"]["memorization/acc_token"]
 
     rescored = evaluate(Path(records[2]["run"]["output_dir"]) / "checkpoints" / "last.ckpt",
