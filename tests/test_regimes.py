@@ -8,26 +8,27 @@ from pathlib import Path
 
 import numpy as np
 
+import fit_law
 from kinject.law import regimes
 
 FREQS = (0, 2, 8, 32, 128, 512)
 FACTS = 300
 
 
-def shape(packing: str, freq: int) -> float:
+def shape(packing: str, freq: int, fall: float) -> float:
     if freq == 0:
         return 0.25
     rising = 0.25 + 0.7 * (1 - np.exp(-freq / 20))
-    return rising if packing == "scattered" else rising - 0.5 * (freq >= 128)
+    return rising if packing == "scattered" else rising - fall * (freq >= 128)
 
 
-def write_screen(root: Path) -> None:
+def write_screen(root: Path, fall: float = 0.5) -> None:
     rng = np.random.default_rng(0)
     for packing in ("scattered", "block"):
         for model, params in (("xs", 1e5), ("tiny", 8e5)):
             for freq in FREQS:
                 for seed in (0, 1):
-                    outcomes = (rng.random(FACTS) < shape(packing, freq)).astype(int).tolist()
+                    outcomes = (rng.random(FACTS) < shape(packing, freq, fall)).astype(int).tolist()
                     run = root / f"infusion.packing={packing},model={model},infusion.freq={freq},seed={seed}"
                     run.mkdir(parents=True)
                     (run / "results.json").write_text(json.dumps({
@@ -83,3 +84,26 @@ def test_the_table_can_be_read_for_some_sizes_and_one_budget(tmp_path: Path, cap
     assert rows["infusion.packing=block"]["collapse"] is False  # the rule asks for two sizes or more
     assert regimes.main([str(tmp_path / "screen"), "--tokens", "2e6"]) == 2
     assert "no runs of any model at D = 2000000.0" in capsys.readouterr().err
+
+
+def test_a_verdict_depends_on_its_own_runs_only(tmp_path: Path) -> None:
+    """Each curve's bootstrap is seeded from its own numbers: reading more runs beside it, or reading it through
+    fit_law instead of the regime table, leaves its p-values as they were."""
+    write_screen(tmp_path / "screen", fall=0.06)
+
+    def p_values(*options: str) -> dict[tuple[str, str], tuple[float, float]]:
+        out = tmp_path / "table.json"
+        assert regimes.main([str(tmp_path / "screen"), "--metric", "memorization/acc_token", "--bootstrap", "200",
+                             "--out", str(out), *options]) == 0
+        return {(row["setting"], v["model"]): (v["p_rise"], v["p_fall"])
+                for row in json.loads(out.read_text()) for v in row["verdicts"]}
+
+    alone, together = p_values("--model", "xs"), p_values()
+    block = ("infusion.packing=block", "xs")
+    assert 0.005 < alone[block][1] < 0.5  # a p-value a different stream would move
+    assert alone == {k: v for k, v in together.items() if k[1] == "xs"}
+    report = tmp_path / "fit.json"
+    assert fit_law.main([str(tmp_path / "screen"), "--bootstrap", "200", "--out", str(report)]) == 0
+    xs_block = next(m for m in json.loads(report.read_text())["models"]
+                    if m["model"] == "xs" and m["condition"] == {"infusion.packing": '"block"'})
+    assert (xs_block["peak_test"]["p_rise"], xs_block["peak_test"]["p_fall"]) == together[block]

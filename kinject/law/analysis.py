@@ -27,11 +27,9 @@ def analyse(groups: Sequence[Group], n_boot: int = 2000, seed: int = 0,
     """Every group's P(F) fit, then one cross-size law per condition on the in-range optima."""
     if not groups:
         raise FitError("no runs to fit")
-    streams = np.random.SeedSequence(seed).spawn(len(groups) + 1)
-    fits = [fit_curve(g.curve, n_boot, np.random.default_rng(s)) for g, s in zip(groups, streams)]
+    fits = [fit_curve(g.curve, n_boot, g.curve.rng(seed)) for g in groups]
     if all(f.status == "not fitted" for f in fits):
         raise FitError("nothing to fit: " + "; ".join(f"{g.label}: {f.message}" for g, f in zip(groups, fits)))
-    rng = np.random.default_rng(streams[-1])
     laws = []
     for condition in sorted({g.condition for g in groups}):
         members = [(g, f) for g, f in zip(groups, fits) if g.condition == condition]
@@ -39,7 +37,7 @@ def analyse(groups: Sequence[Group], n_boot: int = 2000, seed: int = 0,
         boot = np.column_stack([f.f_star_boot for _, f in used]) if used else np.empty((n_boot, 0))
         law = fit_across(condition, [g.label for g, _ in used], np.array([g.params for g, _ in used]),
                          np.array([g.compute for g, _ in used]), np.array([f.f_star for _, f in used]),
-                         boot, targets, rng, delta)
+                         boot, targets, np.random.default_rng([seed, *(g.curve.digest() for g, _ in used)]), delta)
         left_out = [g.label for g, f in members if not f.in_range]
         if left_out:
             law = replace(law, message=f"{law.message}; left out (no F* inside the sweep): {', '.join(left_out)}")

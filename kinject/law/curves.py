@@ -11,6 +11,7 @@ Pure numpy/scipy on arrays: loading and reporting live in law.runs and law.repor
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -43,6 +44,17 @@ class Curve:
     # (run indices, outcomes[runs, facts]) for runs scored on the same facts, resampled jointly
     paired: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
     bounded: bool = True  # an accuracy in [0, 1] with chance CHANCE; False: an unbounded score
+
+    def digest(self) -> int:
+        """A fingerprint of the curve's numbers. Bootstrap streams are seeded from it, so that a group's
+        p-values and intervals depend on its own runs, not on which other runs were read with them."""
+        hashed = hashlib.blake2b(digest_size=8)
+        for array in (self.freq, self.acc, self.n_items, *(part for pair in self.paired for part in pair)):
+            hashed.update(np.ascontiguousarray(array, dtype=float).tobytes())
+        return int.from_bytes(hashed.digest(), "little")
+
+    def rng(self, seed: int) -> np.random.Generator:
+        return np.random.default_rng([seed, self.digest()])
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from kinject.law.curves import fit_curve
 from kinject.law.peak import ALPHA
 from kinject.law.runs import TableError, load_runs, to_groups
@@ -97,10 +95,9 @@ def screen(dirs: Sequence[Path], metrics: Sequence[str], n_boot: int, seed: int,
                              f"in {', '.join(map(str, dirs))}")
         groups = to_groups(table)
         budgets = len({g.tokens for g in groups})
-        rng = np.random.default_rng(seed)
         by_setting: dict[str, list[Verdict]] = {}
         for group in groups:
-            fit = fit_curve(group.curve, n_boot, rng, interval=False)
+            fit = fit_curve(group.curve, n_boot, group.curve.rng(seed), interval=False)
             test = fit.test
             by_setting.setdefault(_setting(group.tokens, group.condition, budgets), []).append(Verdict(
                 group.model, fit.status == "ok", fit.status, test and test.p_rise, test and test.p_fall,
