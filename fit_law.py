@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--params", choices=list(PARAMS), default="non_embedding", help="what N counts")
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples (0: no intervals)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape-only", action="store_true",
+                        help="an interior optimum needs the shape test alone, not also AICc's preference over "
+                             "a monotone saturating curve")
     parser.add_argument("--predict", type=target, action="append", default=[], metavar="N:D",
                         help="F* with a prediction interval at this size and budget (repeatable)")
     parser.add_argument("--out", type=Path, help="JSON report")
@@ -86,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         table = load(args)
-        analysis = analyse(to_groups(table, args.params), args.bootstrap, args.seed, args.predict)
+        analysis = analyse(to_groups(table, args.params), args.bootstrap, args.seed, args.predict,
+                           aicc_gate=not args.shape_only)
     except (TableError, FitError) as error:
         print(f"fit_law: {error}", file=sys.stderr)
         return 2

@@ -20,14 +20,18 @@ class Analysis:
     laws: tuple[LawResult, ...]
     budgets: tuple[BudgetTrend, ...]
     n_boot: int
+    aicc_gate: bool = True
 
 
 def analyse(groups: Sequence[Group], n_boot: int = 2000, seed: int = 0,
-            targets: Sequence[tuple[float, float]] = (), delta: float = HUBER_DELTA) -> Analysis:
-    """Every group's P(F) fit, then one cross-size law per condition on the in-range optima."""
+            targets: Sequence[tuple[float, float]] = (), delta: float = HUBER_DELTA,
+            aicc_gate: bool = True) -> Analysis:
+    """Every group's P(F) fit, then one cross-size law per condition on the in-range optima. Without
+    `aicc_gate` an optimum needs the shape test alone, as in issue #17's collapse rule; the paper, which
+    compares with no monotone curve, would report one wherever b > 0 and c > 0."""
     if not groups:
         raise FitError("no runs to fit")
-    fits = [fit_curve(g.curve, n_boot, g.curve.rng(seed)) for g in groups]
+    fits = [fit_curve(g.curve, n_boot, g.curve.rng(seed), aicc_gate=aicc_gate) for g in groups]
     if all(f.status == "not fitted" for f in fits):
         raise FitError("nothing to fit: " + "; ".join(f"{g.label}: {f.message}" for g, f in zip(groups, fits)))
     laws = []
@@ -42,4 +46,4 @@ def analyse(groups: Sequence[Group], n_boot: int = 2000, seed: int = 0,
         if left_out:
             law = replace(law, message=f"{law.message}; left out (no F* inside the sweep): {', '.join(left_out)}")
         laws.append(law)
-    return Analysis(tuple(groups), tuple(fits), tuple(laws), budget_trends(groups, fits), n_boot)
+    return Analysis(tuple(groups), tuple(fits), tuple(laws), budget_trends(groups, fits), n_boot, aicc_gate)

@@ -325,8 +325,9 @@ def _no_optimum(fit: FormFit) -> str:
     return f"b = {fit.b:.3g} and c = {fit.c:.3g}, the fitted P has no maximum"
 
 
-def _missing(test: PeakTest, preferred: str, plain: FormFit) -> str | None:
-    """Why the verdict is 'no interior optimum', or None if the shape test and the model comparison agree on one."""
+def _missing(test: PeakTest, preferred: str, plain: FormFit, aicc_gate: bool) -> str | None:
+    """Why the verdict is 'no interior optimum', or None if the shape test (and, with `aicc_gate`, the model
+    comparison) finds one."""
     lo, top, hi = (test.point(i) for i in (0, test.top, -1))
     if test.rise <= 0 and test.fall <= 0:
         return "P does not vary with F"
@@ -340,15 +341,16 @@ def _missing(test: PeakTest, preferred: str, plain: FormFit) -> str | None:
     if test.p_fall is not None and test.p_fall >= ALPHA:
         return (f"the fall after the maximum ({top} to {hi}) is within noise (p = {test.p_fall:.2g}, "
                 "bootstrap against the nearest monotone curve)")
-    if preferred != "rise-and-fall":
+    if aicc_gate and preferred != "rise-and-fall":
         return "a monotone saturating curve fits as well (AICc)"
     return None if plain.f_star else _no_optimum(plain)
 
 
-def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: bool = True) -> CurveFit:
-    """The verdict (law.peak: a bootstrap shape test and a model comparison), both forms, F* with its
-    bootstrap interval (unless `interval` is False: the verdict alone), the collapse point and a model-free
-    check. F = 0 runs are the no-injection baseline: F^b is 0 there, so they stay out of the fits (an
+def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: bool = True,
+              aicc_gate: bool = True) -> CurveFit:
+    """The verdict (law.peak: a bootstrap shape test and a model comparison, which `aicc_gate=False` leaves
+    out of it), both forms, F* with its bootstrap interval (unless `interval` is False: the verdict alone),
+    the collapse point and a model-free check. F = 0 runs are the no-injection baseline: F^b is 0 there, so they stay out of the fits (an
     unbounded score's floor is their mean)."""
     pos = curve.freq > 0
     baseline = float(curve.acc[~pos].mean()) if (~pos).any() else None
@@ -374,7 +376,7 @@ def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: boo
         "no peak test: " + ("no resamples (--bootstrap 0)" if not n_boot
                             else "no per-item outcomes, item counts or seeds to resample")]
     verdict = dict(test=test, saturating=saturating, aicc=scores, preferred=preferred)
-    missing = _missing(test, preferred, plain)
+    missing = _missing(test, preferred, plain, aicc_gate)
     if missing:
         return CurveFit("no interior optimum", f"no interior optimum: {missing}", span, baseline, plain, floored,
                         notes=tuple(notes), **verdict)

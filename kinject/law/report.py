@@ -5,13 +5,15 @@ JSON report, schema "kinject.fit_law/1" (also in docs/fit_law.md). Numbers that 
 Intervals are [lo, hi] at 95% (bootstrap percentiles); a null bound means unbounded on that side.
 
     schema, metric, params ("non_embedding" | "total"), params_definition, compute ("C = 6 N D"),
-    sources, bootstrap (resamples), seed, level, huber_delta, notes (runs skipped, and why)
+    sources, bootstrap (resamples), seed, level, huber_delta, notes (runs skipped, and why),
+    interior_optimum ("shape test and AICc" | "shape test": what an "ok" needs)
     models[]: group, model, condition {setting: value}, params (N), tokens (D), compute (C),
         freqs (distinct F, F = 0 included), acc (mean of the metric at each), n_runs, baseline_acc (F = 0),
         status ("ok" | "no interior optimum" | "not fitted"), message, notes[],
         peak_test {peak_freq, rise, fall, p_rise, p_fall} (bootstrap against the nearest monotone
         curve; "ok" needs both p < 0.05), saturating {floor, top, f0, k} (P = floor + (top - floor)
-        (1 - exp(-(F/F0)^k))), aicc {rise_and_fall, saturating, preferred} ("ok" needs rise_and_fall),
+        (1 - exp(-(F/F0)^k))), aicc {rise_and_fall, saturating, preferred} ("ok" needs rise_and_fall
+        unless interior_optimum is "shape test"),
         a, b, c, r2 (P = a F^b exp(-cF) in P space; for an unbounded score, P = P(0) + a F^b exp(-cF)),
         f_star (b/c, null unless "ok"), f_star_ci, f_star_in_range,
         f_star_interior_share (share of resamples with b > 0 and c > 0), collapse_f (F > F* where
@@ -129,6 +131,7 @@ def to_json(analysis: Analysis, meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema": SCHEMA, **meta, "compute": "C = 6 N D", "bootstrap": analysis.n_boot, "level": LEVEL,
         "huber_delta": HUBER_DELTA,
+        "interior_optimum": "shape test and AICc" if analysis.aicc_gate else "shape test",
         "models": [_model_json(g, f) for g, f in zip(analysis.groups, analysis.fits)],
         "laws": [_law_json(law) for law in analysis.laws],
         "token_budget": [{"model": t.model, "condition": dict(t.condition), "tokens": t.tokens.tolist(),
@@ -172,8 +175,10 @@ def render(report: dict[str, Any]) -> str:
              f"{report['bootstrap']} bootstrap resamples, {LEVEL:.0%} intervals"]
     if report["notes"]:
         lines += [f"skipped {len(report['notes'])} run(s):"] + [f"  {n}" for n in report["notes"][:10]]
+    gate = (" and the rise-and-fall form preferred to monotone saturation by AICc"
+            if report["interior_optimum"] == "shape test and AICc" else " (the shape test alone: AICc not asked)")
     lines += ["", "P(F) = a F^b exp(-cF) per model group; interior optimum: rise and fall beyond noise "
-              "(p < 0.05 each) and the rise-and-fall form preferred to monotone saturation by AICc"]
+              f"(p < 0.05 each){gate}"]
     rows = [[m["group"], _g(m["params"]), _g(m["tokens"]), f"{_g(m['freqs'][0])}-{_g(m['freqs'][-1])}",
              _g(m["baseline_acc"], 2), _g(m["a"]), _g(m["b"]), _g(m["c"]),
              _g(m["f_star"]) + _ci(m["f_star_ci"]), _g(m["collapse_f"]), _g(m["r2"], 3),
