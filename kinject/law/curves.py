@@ -350,8 +350,8 @@ def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: boo
               aicc_gate: bool = True) -> CurveFit:
     """The verdict (law.peak: a bootstrap shape test and a model comparison, which `aicc_gate=False` leaves
     out of it), both forms, F* with its bootstrap interval (unless `interval` is False: the verdict alone),
-    the collapse point and a model-free check. F = 0 runs are the no-injection baseline: F^b is 0 there, so they stay out of the fits (an
-    unbounded score's floor is their mean)."""
+    the collapse point and a model-free check. F = 0 runs are the no-injection baseline: F^b is 0 there, so
+    they stay out of the fits (an unbounded score's floor is their mean)."""
     pos = curve.freq > 0
     baseline = float(curve.acc[~pos].mean()) if (~pos).any() else None
     freq, acc, n_items = curve.freq[pos], curve.acc[pos], curve.n_items[pos]
