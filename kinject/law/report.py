@@ -48,6 +48,7 @@ from kinject.law.curves import CHANCE, LEVEL, CurveFit, Group
 from kinject.law.scaling import HUBER_DELTA, Cut, LawResult
 
 SCHEMA = "kinject.fit_law/1"
+GATED, SHAPE_ONLY = "shape test and AICc", "shape test"  # the report's interior_optimum
 
 
 def _num(value: Any) -> float | None:
@@ -131,7 +132,7 @@ def to_json(analysis: Analysis, meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema": SCHEMA, **meta, "compute": "C = 6 N D", "bootstrap": analysis.n_boot, "level": LEVEL,
         "huber_delta": HUBER_DELTA,
-        "interior_optimum": "shape test and AICc" if analysis.aicc_gate else "shape test",
+        "interior_optimum": GATED if analysis.aicc_gate else SHAPE_ONLY,
         "models": [_model_json(g, f) for g, f in zip(analysis.groups, analysis.fits)],
         "laws": [_law_json(law) for law in analysis.laws],
         "token_budget": [{"model": t.model, "condition": dict(t.condition), "tokens": t.tokens.tolist(),
@@ -176,7 +177,7 @@ def render(report: dict[str, Any]) -> str:
     if report["notes"]:
         lines += [f"skipped {len(report['notes'])} run(s):"] + [f"  {n}" for n in report["notes"][:10]]
     gate = (" and the rise-and-fall form preferred to monotone saturation by AICc"
-            if report["interior_optimum"] == "shape test and AICc" else " (the shape test alone: AICc not asked)")
+            if report["interior_optimum"] == GATED else " (the shape test alone: AICc not asked)")
     lines += ["", "P(F) = a F^b exp(-cF) per model group; interior optimum: rise and fall beyond noise "
               f"(p < 0.05 each){gate}"]
     rows = [[m["group"], _g(m["params"]), _g(m["tokens"]), f"{_g(m['freqs'][0])}-{_g(m['freqs'][-1])}",
