@@ -18,8 +18,9 @@ import json
 import logging
 import pickle
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import hydra
 import torch
@@ -47,11 +48,18 @@ def load(path: str | Path, suites: list[str] | None = None) -> tuple[Experiment,
         model = AutoModelForCausalLM.from_pretrained(path)
     elif path.is_file() or (path / _METADATA_FILENAME).is_file():
         try:
-            checkpoint: dict[str, Any] = (torch.load(path, map_location="cpu", weights_only=True) if path.is_file()
-                                          else _load_distributed_checkpoint(path))
+            checkpoint: dict[str, Any] = (
+                torch.load(path, map_location="cpu", weights_only=True)
+                if path.is_file()
+                else _load_distributed_checkpoint(path)
+            )
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-            raise ConfigError("ckpt", "a checkpoint written by train.py", str(path),
-                              hint=f"it could not be read as one ({type(error).__name__})") from None
+            raise ConfigError(
+                "ckpt",
+                "a checkpoint written by train.py",
+                str(path),
+                hint=f"it could not be read as one ({type(error).__name__})",
+            ) from None
         if "kinject_config" not in checkpoint:
             raise ConfigError("ckpt", "a checkpoint written by train.py (it carries the run's config)", str(path))
         config = checkpoint["kinject_config"]
@@ -65,8 +73,9 @@ def load(path: str | Path, suites: list[str] | None = None) -> tuple[Experiment,
     return prepare(OmegaConf.create(config)), model, config
 
 
-def evaluate(path: str | Path, device: str = "auto", precision: str = "auto",
-             suites: list[str] | None = None) -> Evaluation:
+def evaluate(
+    path: str | Path, device: str = "auto", precision: str = "auto", suites: list[str] | None = None
+) -> Evaluation:
     """Scores a checkpoint on `device` (auto: the GPU if there is one) under `precision` (auto: the run's),
     on the run's suites or on `suites`."""
     experiment, model, config = load(path, suites)
@@ -75,7 +84,7 @@ def evaluate(path: str | Path, device: str = "auto", precision: str = "auto",
     return experiment.evaluator(model.to(target), precision_context(str(chosen), target))
 
 
-def precision_context(precision: str, device: torch.device) -> ContextManager:
+def precision_context(precision: str, device: torch.device) -> AbstractContextManager:
     """Autocast for Lightning's mixed precisions ("bf16-mixed", "16-mixed"), full precision otherwise."""
     if precision.endswith("-mixed"):
         return MixedPrecision(precision, device.type).forward_context()
@@ -87,8 +96,12 @@ def export(path: str | Path, folder: str | Path, overwrite: bool = False) -> Pat
     A folder that already holds files is refused unless `overwrite`."""
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
-        raise ConfigError("export", "a new or empty folder", str(folder),
-                          hint="it already holds files: choose another folder, or add overwrite=true to replace them")
+        raise ConfigError(
+            "export",
+            "a new or empty folder",
+            str(folder),
+            hint="it already holds files: choose another folder, or add overwrite=true to replace them",
+        )
     experiment, model, config = load(path)
     model.save_pretrained(folder)
     experiment.tokenizer.save_pretrained(folder)
@@ -102,8 +115,9 @@ def main(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.threads))
     try:
         if OmegaConf.is_missing(cfg, "ckpt"):
-            raise ConfigError("ckpt", "a checkpoint file or an exported folder, e.g. "
-                              "ckpt=outputs/DATE/TIME/checkpoints/last.ckpt")
+            raise ConfigError(
+                "ckpt", "a checkpoint file or an exported folder, e.g. ckpt=outputs/DATE/TIME/checkpoints/last.ckpt"
+            )
         if cfg.export:
             print(f"exported: {export(cfg.ckpt, cfg.export, bool(cfg.overwrite))}")
             return
@@ -115,8 +129,9 @@ def main(cfg: DictConfig) -> None:
     for key, value in sorted(evaluation.metrics.items()):
         print(f"{key:28s} {value:.4f}")
     if cfg.out:
-        path = write_json_atomic(cfg.out, {"ckpt": str(cfg.ckpt), "metrics": evaluation.metrics,
-                                                   "items": evaluation.items})
+        path = write_json_atomic(
+            cfg.out, {"ckpt": str(cfg.ckpt), "metrics": evaluation.metrics, "items": evaluation.items}
+        )
         print(f"written: {path}")
 
 

@@ -47,21 +47,38 @@ def target(text: str) -> tuple[float, float]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path, help="folders searched recursively for results.json")
-    parser.add_argument("--csv", type=Path, action="append", default=[],
-                        help="CSV with columns model,params,tokens,freq,acc[,seed,n_items] (repeatable)")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        action="append",
+        default=[],
+        help="CSV with columns model,params,tokens,freq,acc[,seed,n_items] (repeatable)",
+    )
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the finished runs of a W&B project")
     parser.add_argument("--group", help="W&B runs of this group only")
     parser.add_argument("--tag", help="W&B runs with this tag only")
-    parser.add_argument("--metric", default=DEFAULT_METRIC,
-                        help="what to fit: an accuracy SUITE/acc_SCORE, or an unbounded SUITE/margin or SUITE/gold_logprob")
+    parser.add_argument(
+        "--metric",
+        default=DEFAULT_METRIC,
+        help="what to fit: an accuracy SUITE/acc_SCORE, or an unbounded SUITE/margin or SUITE/gold_logprob",
+    )
     parser.add_argument("--params", choices=list(PARAMS), default="non_embedding", help="what N counts")
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples (0: no intervals)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shape-only", action="store_true",
-                        help="an interior optimum needs the shape test alone, not also AICc's preference over "
-                             "a monotone saturating curve")
-    parser.add_argument("--predict", type=target, action="append", default=[], metavar="N:D",
-                        help="F* with a prediction interval at this size and budget (repeatable)")
+    parser.add_argument(
+        "--shape-only",
+        action="store_true",
+        help="an interior optimum needs the shape test alone, not also AICc's preference over "
+        "a monotone saturating curve",
+    )
+    parser.add_argument(
+        "--predict",
+        type=target,
+        action="append",
+        default=[],
+        metavar="N:D",
+        help="F* with a prediction interval at this size and budget (repeatable)",
+    )
     parser.add_argument("--out", type=Path, help="JSON report")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write pf_fits.png and law.png here")
     parser.add_argument("--wandb-log", action="store_true", help="log report and plots to a new run in --wandb")
@@ -89,21 +106,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         table = load(args)
-        analysis = analyse(to_groups(table, args.params), args.bootstrap, args.seed, args.predict,
-                           aicc_gate=not args.shape_only)
+        analysis = analyse(
+            to_groups(table, args.params), args.bootstrap, args.seed, args.predict, aicc_gate=not args.shape_only
+        )
     except (TableError, FitError) as error:
         print(f"fit_law: {error}", file=sys.stderr)
         return 2
     sources = [str(p) for p in [*args.runs, *args.csv]] + ([f"wandb:{args.wandb}"] if args.wandb else [])
-    report = to_json(analysis, {"metric": args.metric, "params": args.params,
-                                "params_definition": params_definition(table, args.params),
-                                "sources": sources, "seed": args.seed, "notes": table.notes})
+    report = to_json(
+        analysis,
+        {
+            "metric": args.metric,
+            "params": args.params,
+            "params_definition": params_definition(table, args.params),
+            "sources": sources,
+            "seed": args.seed,
+            "notes": table.notes,
+        },
+    )
     print(render(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1, allow_nan=False))
-    images = [plot_fits(analysis, args.plots / "pf_fits.png"), plot_law(analysis, args.plots / "law.png")] \
-        if args.plots else []
+    images = (
+        [plot_fits(analysis, args.plots / "pf_fits.png"), plot_law(analysis, args.plots / "law.png")]
+        if args.plots
+        else []
+    )
     if args.wandb_log:
         import wandb
 

@@ -1,8 +1,8 @@
 """Pretrain a Llama-style model with knowledge spliced in at frequency F; measure and record memorization.
 
-    python train.py                                       # embedded default, about two minutes on CPU
-    python train.py -m infusion.freq=0,4,16,64            # a frequency sweep
-    python train.py model=562m infusion.freq=100 --cfg job
+python train.py                                       # embedded default, about two minutes on CPU
+python train.py -m infusion.freq=0,4,16,64            # a frequency sweep
+python train.py model=562m infusion.freq=100 --cfg job
 """
 
 from __future__ import annotations
@@ -49,14 +49,20 @@ log = logging.getLogger("kinject")
 SPLIT_LOSSES = ("train/loss_injected", "train/loss_background")
 
 
-def build_module(cfg: DictConfig, experiment: Experiment, flops: float | None = None,
-                 on_meta: bool = False) -> CausalLM:
+def build_module(
+    cfg: DictConfig, experiment: Experiment, flops: float | None = None, on_meta: bool = False
+) -> CausalLM:
     """The LightningModule, with the FLOPs per batch that ThroughputMonitor turns into MFU (`flops` per token, counted
     here when not given). `on_meta`: the weights take no memory until sharded (FSDP2 ranks other than 0, which
     receive rank 0's)."""
     budget = experiment.budget
-    module = CausalLM(model=OmegaConf.to_container(cfg.model, resolve=True), vocab_size=experiment.vocab_size,
-                      **OmegaConf.to_container(cfg.optim, resolve=True), total_steps=budget.steps, on_meta=on_meta)
+    module = CausalLM(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        vocab_size=experiment.vocab_size,
+        **OmegaConf.to_container(cfg.optim, resolve=True),
+        total_steps=budget.steps,
+        on_meta=on_meta,
+    )
     if cfg.compile:
         module.model.compile()
     if flops is None:
@@ -65,8 +71,13 @@ def build_module(cfg: DictConfig, experiment: Experiment, flops: float | None = 
     return module
 
 
-def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callbacks: list[L.Callback],
-                  devices: list[int] | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig,
+    experiment: Experiment,
+    loggers: list,
+    callbacks: list[L.Callback],
+    devices: list[int] | None = None,
+) -> L.Trainer:
     """The Lightning Trainer of a run: budget in steps, atomic checkpoints, one owner of SLURM requeue.
     `trainer.checkpoint` configures kinject's LastCheckpoint (train.py), not the Trainer; `devices` replaces
     `trainer.devices` (the GPU a job of a local multirun holds)."""
@@ -87,10 +98,16 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, loggers: list, callba
         default_root_dir=cfg.paths.output_dir,
         plugins=plugins,
         enable_progress_bar=bar,
-        callbacks=[*callbacks, TokensPerSecond(budget.micro_batch_size * budget.seq_len * budget.world_size),
-                   MFUMonitor(batch_size_fn=lambda batch: batch["input_ids"].size(0),
-                              length_fn=lambda batch: batch["input_ids"].numel()),
-                   *([StepProgressBar()] if bar else []), *extra],
+        callbacks=[
+            *callbacks,
+            TokensPerSecond(budget.micro_batch_size * budget.seq_len * budget.world_size),
+            MFUMonitor(
+                batch_size_fn=lambda batch: batch["input_ids"].size(0),
+                length_fn=lambda batch: batch["input_ids"].numel(),
+            ),
+            *([StepProgressBar()] if bar else []),
+            *extra,
+        ],
     )
 
 
@@ -111,8 +128,13 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
         return _train(cfg, config, last, preemption, devices)
 
 
-def _train(cfg: DictConfig, config: dict[str, Any], last_checkpoint: LastCheckpoint, preemption: Preemption,
-           devices: list[int] | None) -> float | tuple[float, ...]:
+def _train(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    last_checkpoint: LastCheckpoint,
+    preemption: Preemption,
+    devices: list[int] | None,
+) -> float | tuple[float, ...]:
     """The run itself, inside the signal handling and holding its GPU (a job of a local multirun)."""
     output_dir = Path(cfg.paths.output_dir)
     started = time.perf_counter()
@@ -137,12 +159,18 @@ def _train(cfg: DictConfig, config: dict[str, Any], last_checkpoint: LastCheckpo
     # preemption last: a signal is honoured after the step's evaluation and checkpoint
     callbacks = [evaluation, ConfigInCheckpoint(config), last_checkpoint, preemption]
     trainer = build_trainer(cfg, experiment, loggers, callbacks, devices)
-    module = build_module(cfg, experiment, flops,
-                          on_meta=isinstance(trainer.strategy, FSDP2Strategy) and trainer.global_rank > 0)
+    module = build_module(
+        cfg, experiment, flops, on_meta=isinstance(trainer.strategy, FSDP2Strategy) and trainer.global_rank > 0
+    )
     params_total, params_non_embedding = count_params(module.model)
     record = results.RunRecord.start(
         output_dir,
-        run={"name": cfg.run_name or "default", "sweep": cfg.sweep, "seed": int(cfg.seed), "output_dir": str(output_dir)},
+        run={
+            "name": cfg.run_name or "default",
+            "sweep": cfg.sweep,
+            "seed": int(cfg.seed),
+            "output_dir": str(output_dir),
+        },
         model={"name": cfg.model.name, "params_total": params_total, "params_non_embedding": params_non_embedding},
         budget=experiment.budget_summary(),
         infusion=experiment.summary(),
@@ -156,28 +184,38 @@ def _train(cfg: DictConfig, config: dict[str, Any], last_checkpoint: LastCheckpo
     try:
         for logger in loggers:
             logger.log_hyperparams({**config, "derived": {**record["model"], **record["budget"], **record["infusion"]}})
-        trainer.fit(module, datamodule=experiment.datamodule, ckpt_path=str(last) if cfg.resume and last.exists() else None)
+        trainer.fit(
+            module, datamodule=experiment.datamodule, ckpt_path=str(last) if cfg.resume and last.exists() else None
+        )
         final = evaluation.final
         if final is None:
-            raise RuntimeError(f"training ended at step {trainer.global_step} of {budget.steps} without a final "
-                               f"evaluation; re-score the checkpoint with `python evaluate.py ckpt={last}`")
+            raise RuntimeError(
+                f"training ended at step {trainer.global_step} of {budget.steps} without a final "
+                f"evaluation; re-score the checkpoint with `python evaluate.py ckpt={last}`"
+            )
         filtered = experiment.datamodule.filter_stats().as_dict()
         logged = trainer.callback_metrics
-        metrics = {**final.metrics, "train/loss": float(logged.get("train/loss", float("nan"))),
-                   **{key: float(logged[key]) for key in SPLIT_LOSSES if key in logged}}
+        metrics = {
+            **final.metrics,
+            "train/loss": float(logged.get("train/loss", float("nan"))),
+            **{key: float(logged[key]) for key in SPLIT_LOSSES if key in logged},
+        }
         per_relation = final.per_relation()
         record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
         if trainer.is_global_zero:
             _log_final(loggers, final.metrics, per_relation, trainer.global_step)
-            path = record.complete(metrics=metrics, per_relation=per_relation, filter=filtered, curve=evaluation.curve,
-                                   items=final.items)
+            path = record.complete(
+                metrics=metrics, per_relation=per_relation, filter=filtered, curve=evaluation.curve, items=final.items
+            )
             log.info("%s | results: %s | checkpoint: %s", _headline(metrics), path, last)
         outcome = "success"
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning ends Ctrl-C with SystemExit after a graceful stop
         if trainer.is_global_zero:
             why = stop.signal_name if isinstance(stop, Preempted) else type(stop).__name__
-            record.interrupt(trainer.global_step, f"{why}: stopped at step {trainer.global_step}; the same command "
-                             "resumes from the last checkpoint")
+            record.interrupt(
+                trainer.global_step,
+                f"{why}: stopped at step {trainer.global_step}; the same command resumes from the last checkpoint",
+            )
         raise
     except Exception as error:
         if trainer.is_global_zero:
@@ -196,11 +234,25 @@ def _returned(cfg: DictConfig, metrics: dict[str, float]) -> float | tuple[float
 
 def _announce(experiment: Experiment, record: results.RunRecord) -> None:
     m, b, i = record["model"], record["budget"], record["infusion"]
-    log.info("model %s: %.2fM parameters (%.2fM non-embedding), vocab %d", m["name"], m["params_total"] / 1e6,
-             m["params_non_embedding"] / 1e6, experiment.vocab_size)
-    log.info("budget %d tokens = %d steps x %d sequences x %d tokens", b["tokens"], b["steps"], b["batch_size"], b["seq_len"])
-    log.info("infusion F=%d, %d facts, %s/%s: %d injected tokens (%.2f%% of the budget)", i["freq"], i["num_facts"],
-             i["format"], i["paraphrase"], i["injected_tokens"], 100 * i["injected_share"])
+    log.info(
+        "model %s: %.2fM parameters (%.2fM non-embedding), vocab %d",
+        m["name"],
+        m["params_total"] / 1e6,
+        m["params_non_embedding"] / 1e6,
+        experiment.vocab_size,
+    )
+    log.info(
+        "budget %d tokens = %d steps x %d sequences x %d tokens", b["tokens"], b["steps"], b["batch_size"], b["seq_len"]
+    )
+    log.info(
+        "infusion F=%d, %d facts, %s/%s: %d injected tokens (%.2f%% of the budget)",
+        i["freq"],
+        i["num_facts"],
+        i["format"],
+        i["paraphrase"],
+        i["injected_tokens"],
+        100 * i["injected_share"],
+    )
 
 
 def _headline(metrics: dict[str, float]) -> str:

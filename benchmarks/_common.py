@@ -15,5 +15,13 @@ sys.path.insert(0, str(ROOT))
 def config(*overrides: str) -> DictConfig:
     """The real config with `overrides`, then any key=value given on the command line."""
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["logger=none", "run_name=bench", "paths.output_dir=/tmp/kinject-bench",
-                                            *overrides, *sys.argv[1:]])
+        return compose(
+            "config",
+            overrides=[
+                "logger=none",
+                "run_name=bench",
+                "paths.output_dir=/tmp/kinject-bench",
+                *overrides,
+                *sys.argv[1:],
+            ],
+        )

@@ -35,8 +35,11 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def write_corpus(folder: Path, docs: list[str], files: int = 4, row_group_size: int = 1000) -> None:
     for number in range(files):
         part = docs[number::files]
-        pq.write_table(pa.table({"text": part, "id": [str(i) for i in range(len(part))]}),
-                       folder / f"{number:03d}_00000.parquet", row_group_size=row_group_size)
+        pq.write_table(
+            pa.table({"text": part, "id": [str(i) for i in range(len(part))]}),
+            folder / f"{number:03d}_00000.parquet",
+            row_group_size=row_group_size,
+        )
 
 
 def main() -> None:
@@ -58,17 +61,31 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     batch = 16
     steps = args.tokens // (batch * args.seq_len) + 1
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "data=local", f"data.files={folder}/*.parquet", f"data.seq_len={args.seq_len}", f"data.batch_size={batch}",
-            f"data.micro_batch_size={batch}", "data.num_workers=0", "data.tokenizer.train_docs=3000",
-            f"paths.cache_dir={folder / 'cache'}", f"tokens={steps * batch * args.seq_len}",
-            f"knowledge.num_facts={args.facts}", "world.people=50", "infusion.freq=16", "eval.heldout_sequences=0",
-            "eval.background_facts=0",
-        ])
+        cfg = compose(
+            "config",
+            overrides=[
+                "data=local",
+                f"data.files={folder}/*.parquet",
+                f"data.seq_len={args.seq_len}",
+                f"data.batch_size={batch}",
+                f"data.micro_batch_size={batch}",
+                "data.num_workers=0",
+                "data.tokenizer.train_docs=3000",
+                f"paths.cache_dir={folder / 'cache'}",
+                f"tokens={steps * batch * args.seq_len}",
+                f"knowledge.num_facts={args.facts}",
+                "world.people=50",
+                "infusion.freq=16",
+                "eval.heldout_sequences=0",
+                "eval.background_facts=0",
+            ],
+        )
     started = time.perf_counter()
     experiment = prepare(cfg)
-    print(f"corpus: {args.docs} documents, {mb:.0f} MB parquet; prepare (incl. training the BPE): "
-          f"{time.perf_counter() - started:.1f} s; one core")
+    print(
+        f"corpus: {args.docs} documents, {mb:.0f} MB parquet; prepare (incl. training the BPE): "
+        f"{time.perf_counter() - started:.1f} s; one core"
+    )
     dataset = experiment.datamodule.dataset
     lanes = dataset.background
     units = lanes.units

@@ -1,6 +1,6 @@
 """What checking every JSON-lines line before training costs: the pre-check pass (`Corpus.check`) in MB/s.
 
-    PYTHONPATH=. python benchmarks/file_check.py [--mb 64]
+PYTHONPATH=. python benchmarks/file_check.py [--mb 64]
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def main() -> None:
         started = time.perf_counter()
         corpus.check()
         elapsed = time.perf_counter() - started
-    print(f"checked {size:.0f} MB of JSON lines in {elapsed:.2f} s: {size / elapsed:.0f} MB/s "
-          f"({size / elapsed * 3.6:.0f} GB an hour); parquet files cost one footer read each")
+    print(
+        f"checked {size:.0f} MB of JSON lines in {elapsed:.2f} s: {size / elapsed:.0f} MB/s "
+        f"({size / elapsed * 3.6:.0f} GB an hour); parquet files cost one footer read each"
+    )
 
 
 if __name__ == "__main__":

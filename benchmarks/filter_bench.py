@@ -103,8 +103,10 @@ def main() -> None:
             build = time.perf_counter() - start
             per_doc, mb, flagged = rate(mentions.mentions, docs)
             naive_docs, naive_mb, _ = rate(naive(facts, mode), docs[: args.naive_docs])
-            print(f"| {count} | {mode} | {build:.2f} | {per_doc:,.0f} | {mb:.1f} | {flagged / len(docs):.1%} | "
-                  f"{naive_docs:,.1f} | {naive_mb:.2f} | {mb / naive_mb:,.0f}x |")
+            print(
+                f"| {count} | {mode} | {build:.2f} | {per_doc:,.0f} | {mb:.1f} | {flagged / len(docs):.1%} | "
+                f"{naive_docs:,.1f} | {naive_mb:.2f} | {mb / naive_mb:,.0f}x |"
+            )
 
 
 if __name__ == "__main__":

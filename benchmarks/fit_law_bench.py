@@ -31,8 +31,9 @@ def sweep(rng: np.random.Generator, facts: int = 250) -> list[Group]:
     for params, optimum in zip(PARAMS, f_star):
         b = 0.8
         a = 0.9 / (optimum**b * np.exp(-b))
-        groups.append(Group(f"m{params:.0e}", "m", params, TOKENS, (),
-                            simulate_curve(a, b, b / optimum, FREQS, facts, rng)))
+        groups.append(
+            Group(f"m{params:.0e}", "m", params, TOKENS, (), simulate_curve(a, b, b / optimum, FREQS, facts, rng))
+        )
     return groups
 
 
@@ -48,9 +49,11 @@ def main() -> None:
         analysis = analyse(groups, args.bootstrap, seed=repeat, targets=[(7e7, TOKENS)])
         times.append(time.perf_counter() - start)
     law = analysis.laws[0].law
-    print(f"fit_law full fit, {len(PARAMS)} models x {FREQS.size} frequencies, {args.bootstrap} resamples: "
-          f"best {min(times):.2f} s, median {np.median(times):.2f} s over {args.repeats} runs "
-          f"(alpha = {law.alpha:.3f}, true 0.5)")
+    print(
+        f"fit_law full fit, {len(PARAMS)} models x {FREQS.size} frequencies, {args.bootstrap} resamples: "
+        f"best {min(times):.2f} s, median {np.median(times):.2f} s over {args.repeats} runs "
+        f"(alpha = {law.alpha:.3f}, true 0.5)"
+    )
 
 
 if __name__ == "__main__":

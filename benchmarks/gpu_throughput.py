@@ -27,10 +27,21 @@ def main() -> None:
     peak = peak_flops(name)
     if peak is None:
         raise SystemExit(f"no dense bf16 peak known for {name!r}: add it to kinject.throughput.DENSE_BF16_FLOPS")
-    cfg = config("model=137m", "trainer=gpu", "data.seq_len=2048", "data.batch_size=32", "data.micro_batch_size=16",
-                 f"tokens={(STEPS + WARMUP) * 32 * 2048}", "eval.every_n_steps=0", "eval.background_facts=0",
-                 "eval.heldout_sequences=0", "trainer.checkpoint.every_n_steps=1000000", "trainer.enable_progress_bar=false",
-                 "knowledge.num_facts=1000", "infusion.freq=10")
+    cfg = config(
+        "model=137m",
+        "trainer=gpu",
+        "data.seq_len=2048",
+        "data.batch_size=32",
+        "data.micro_batch_size=16",
+        f"tokens={(STEPS + WARMUP) * 32 * 2048}",
+        "eval.every_n_steps=0",
+        "eval.background_facts=0",
+        "eval.heldout_sequences=0",
+        "trainer.checkpoint.every_n_steps=1000000",
+        "trainer.enable_progress_bar=false",
+        "knowledge.num_facts=1000",
+        "infusion.freq=10",
+    )
     experiment = prepare(cfg)
     module = build_module(cfg, experiment)
     timer = OptimizerStepTimer()
@@ -38,9 +49,11 @@ def main() -> None:
     budget = experiment.budget
     tokens_per_s = timer.tokens_per_s(budget.tokens_per_step, WARMUP)
     flops_per_token = module.flops_per_batch / (budget.micro_batch_size * budget.seq_len)
-    print(f"{name} | model {cfg.model.name} | seq {budget.seq_len} | batch {budget.batch_size} "
-          f"(micro {budget.micro_batch_size}, accumulation {budget.accumulation}) | precision {cfg.trainer.precision} "
-          f"| compile {cfg.compile}")
+    print(
+        f"{name} | model {cfg.model.name} | seq {budget.seq_len} | batch {budget.batch_size} "
+        f"(micro {budget.micro_batch_size}, accumulation {budget.accumulation}) | precision {cfg.trainer.precision} "
+        f"| compile {cfg.compile}"
+    )
     print(f"tokens/s: {tokens_per_s:,.0f}")
     print(f"MFU: {100 * mfu(tokens_per_s, flops_per_token, peak):.1f}% of {peak / 1e12:.0f} TFLOP/s (dense bf16)")
 

@@ -26,10 +26,14 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--seed-sd", type=float, default=0.05)
     args = parser.parse_args()
-    truths = {"plateau at 0.8": 0.25 + 0.55 * -np.expm1(-FREQS / 8),
-              "fall of 0.10": falling_curve(FREQS, 0.8, 128, 0.10),
-              "fall of 0.15": falling_curve(FREQS, 0.8, 128, 0.15)}
-    print(f"interior optimum called, share of {args.sweeps} sweeps (seed SD {args.seed_sd}, {args.bootstrap} resamples)")
+    truths = {
+        "plateau at 0.8": 0.25 + 0.55 * -np.expm1(-FREQS / 8),
+        "fall of 0.10": falling_curve(FREQS, 0.8, 128, 0.10),
+        "fall of 0.15": falling_curve(FREQS, 0.8, 128, 0.15),
+    }
+    print(
+        f"interior optimum called, share of {args.sweeps} sweeps (seed SD {args.seed_sd}, {args.bootstrap} resamples)"
+    )
     print("| facts | seeds | " + " | ".join(truths) + " |")
     print("|---|---|" + "---|" * len(truths))
     started = time.perf_counter()
@@ -38,8 +42,16 @@ def main() -> None:
             cells = []
             for truth in truths.values():
                 rng = np.random.default_rng(0)
-                calls = [fit_curve(simulate_runs(FREQS, truth, facts, rng, seeds, args.seed_sd), args.bootstrap, rng,
-                                   interval=False).status == "ok" for _ in range(args.sweeps)]
+                calls = [
+                    fit_curve(
+                        simulate_runs(FREQS, truth, facts, rng, seeds, args.seed_sd),
+                        args.bootstrap,
+                        rng,
+                        interval=False,
+                    ).status
+                    == "ok"
+                    for _ in range(args.sweeps)
+                ]
                 cells.append(f"{np.mean(calls):.2f}")
             print(f"| {facts} | {seeds} | " + " | ".join(cells) + " |", flush=True)
     print(f"{time.perf_counter() - started:.0f} s")

@@ -33,15 +33,18 @@ def main() -> None:
     encoded = experiment.evaluator.suites["memorization"]
     n = len(encoded.items)
     timings = {}
-    for name, run in (("batched (one pass per batch of items)", lambda: option_logprobs(model, encoded, 64, 0)),
-                      ("one forward pass per option", lambda: one_pass_per_option(model, encoded))):
+    for name, run in (
+        ("batched (one pass per batch of items)", lambda: option_logprobs(model, encoded, 64, 0)),
+        ("one forward pass per option", lambda: one_pass_per_option(model, encoded)),
+    ):
         run()
         start = time.perf_counter()
         run()
         timings[name] = time.perf_counter() - start
         print(f"{name:38s}: {n / timings[name]:8.1f} items/s")
     batched, naive = timings.values()
-    print(f"speed-up: {naive / batched:.1f}x on {n} items x 4 options, model {cfg.model.name}, {torch.get_num_threads()} threads")
+    threads = torch.get_num_threads()
+    print(f"speed-up: {naive / batched:.1f}x on {n} items x 4 options, model {cfg.model.name}, {threads} threads")
 
     whole = {}
     unbounded = scoring.scores_without_ceiling
@@ -55,8 +58,11 @@ def main() -> None:
             runs.append(time.perf_counter() - start)
         whole[name] = min(runs)
     scoring.scores_without_ceiling = unbounded
-    print(f"whole evaluation ({', '.join(experiment.evaluator.suites)}, held-out loss): {whole['without']:.3f} s "
-          f"without, {whole['with']:.3f} s with the unbounded scores ({100 * (whole['with'] / whole['without'] - 1):+.1f}%)")
+    change = 100 * (whole["with"] / whole["without"] - 1)
+    print(
+        f"whole evaluation ({', '.join(experiment.evaluator.suites)}, held-out loss): {whole['without']:.3f} s "
+        f"without, {whole['with']:.3f} s with the unbounded scores ({change:+.1f}%)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,12 @@ def lightning_loop(cfg, experiment: Experiment) -> float:
 
 
 def main() -> None:
-    cfg = config("tokens=655360", "eval.every_n_steps=0", "trainer.checkpoint.every_n_steps=1000000",
-                 "trainer.enable_progress_bar=false")
+    cfg = config(
+        "tokens=655360",
+        "eval.every_n_steps=0",
+        "trainer.checkpoint.every_n_steps=1000000",
+        "trainer.enable_progress_bar=false",
+    )
     torch.set_num_threads(max(1, torch.get_num_threads()))
     experiment = prepare(cfg)
     steps = experiment.budget.steps
@@ -62,12 +66,15 @@ def main() -> None:
     for _ in range(3):
         lightning.append(lightning_loop(cfg, experiment))
         bare.append(bare_loop(cfg, experiment))
-    b, l = statistics.median(bare), statistics.median(lightning)
-    print(f"model {cfg.model.name}, {steps} steps of {experiment.budget.batch_size}x{experiment.budget.seq_len} tokens, "
-          f"{torch.get_num_threads()} threads")
-    print(f"bare PyTorch loop : {steps / b:7.2f} steps/s  ({steps * experiment.budget.batch_size * experiment.budget.seq_len / b:,.0f} tokens/s)")
-    print(f"train.py (Lightning): {steps / l:7.2f} steps/s")
-    print(f"framework overhead: {100 * (l - b) / b:+.1f}%")
+    bare_s, lightning_s = statistics.median(bare), statistics.median(lightning)
+    tokens = steps * experiment.budget.batch_size * experiment.budget.seq_len
+    print(
+        f"model {cfg.model.name}, {steps} steps of {experiment.budget.batch_size}x{experiment.budget.seq_len} tokens, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(f"bare PyTorch loop : {steps / bare_s:7.2f} steps/s  ({tokens / bare_s:,.0f} tokens/s)")
+    print(f"train.py (Lightning): {steps / lightning_s:7.2f} steps/s")
+    print(f"framework overhead: {100 * (lightning_s - bare_s) / bare_s:+.1f}%")
 
 
 if __name__ == "__main__":

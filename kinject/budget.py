@@ -63,16 +63,28 @@ class Budget:
 
     def summary(self) -> dict[str, int]:
         """The `budget` section of a run's record."""
-        return {"tokens": self.tokens_trained, "seq_len": self.seq_len, "batch_size": self.batch_size,
-                "steps": self.steps}
+        return {
+            "tokens": self.tokens_trained,
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "steps": self.steps,
+        }
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Budget:
-        budget = cls(tokens=int(cfg.tokens), seq_len=int(cfg.data.seq_len), batch_size=int(cfg.data.batch_size),
-                     micro_batch_size=int(cfg.data.micro_batch_size), world_size=world_size(cfg.trainer))
+        budget = cls(
+            tokens=int(cfg.tokens),
+            seq_len=int(cfg.data.seq_len),
+            batch_size=int(cfg.data.batch_size),
+            micro_batch_size=int(cfg.data.micro_batch_size),
+            world_size=world_size(cfg.trainer),
+        )
         if budget.batch_size % (budget.micro_batch_size * budget.world_size):
-            raise ConfigError("data.batch_size", "a multiple of data.micro_batch_size x devices",
-                              (budget.batch_size, budget.micro_batch_size, budget.world_size))
+            raise ConfigError(
+                "data.batch_size",
+                "a multiple of data.micro_batch_size x devices",
+                (budget.batch_size, budget.micro_batch_size, budget.world_size),
+            )
         if budget.background_steps < 1:
             raise ConfigError("tokens", f"at least one step of {budget.tokens_per_step} tokens", budget.tokens)
         return budget
@@ -96,8 +108,12 @@ def check_injection(budget: Budget, injected_tokens: int, exposures: int, freq: 
 def check_room(busiest: int, seq_len: int) -> None:
     """Refuses a schedule whose busiest sequence gets more injected tokens than it holds."""
     if busiest > seq_len:
-        raise ConfigError("data.seq_len", f"room for the {busiest} injected tokens the busiest sequence gets", seq_len,
-                          hint="raise data.seq_len or tokens, or lower infusion.freq or knowledge.num_facts")
+        raise ConfigError(
+            "data.seq_len",
+            f"room for the {busiest} injected tokens the busiest sequence gets",
+            seq_len,
+            hint="raise data.seq_len or tokens, or lower infusion.freq or knowledge.num_facts",
+        )
 
 
 def accumulation(batch_size: int, micro_batch_size: int, world_size: int) -> int:

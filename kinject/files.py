@@ -5,8 +5,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from kinject.errors import ConfigError
 

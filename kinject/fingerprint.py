@@ -13,15 +13,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 IGNORED = (
-    "paths", "logger", "sweep", "run_name", "metric", "resume", "skip_complete", "overwrite", "threads", "callbacks",
-    "compile", "hydra", "tokens_per_model",
-    "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator", "trainer.enable_progress_bar",
-    "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.checkpoint",
-    "data.micro_batch_size", "data.num_workers",
-    "eval.every_n_steps", "eval.batch_items", "eval.heldout_batch",
+    "paths",
+    "logger",
+    "sweep",
+    "run_name",
+    "metric",
+    "resume",
+    "skip_complete",
+    "overwrite",
+    "threads",
+    "callbacks",
+    "compile",
+    "hydra",
+    "tokens_per_model",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.accelerator",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint",
+    "data.micro_batch_size",
+    "data.num_workers",
+    "eval.every_n_steps",
+    "eval.batch_items",
+    "eval.heldout_batch",
 )
 
 

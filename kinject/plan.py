@@ -79,8 +79,11 @@ def cost(cfg: DictConfig, overrides: list[str], assumed: Assumptions) -> Job:
     """One job: what it trains and what it costs, or why a run would refuse it."""
     spec = ModelSpec.from_config(OmegaConf.to_container(cfg.model, resolve=True))
     if spec.vocab_size is None:
-        raise ConfigError("model.vocab_size", "a number for the plan (a model sized by its tokenizer needs the "
-                          "tokenizer, which the plan does not build)", None)
+        raise ConfigError(
+            "model.vocab_size",
+            "a number for the plan (a model sized by its tokenizer needs the tokenizer, which the plan does not build)",
+            None,
+        )
     freq, facts = int(cfg.infusion.freq), int(cfg.knowledge.num_facts)
     exposures = facts * freq
     injected = round(exposures * assumed.statement_tokens)
@@ -97,17 +100,27 @@ def cost(cfg: DictConfig, overrides: list[str], assumed: Assumptions) -> Job:
         check_injection(budget, injected, exposures, freq, float(cfg.infusion.max_share))
         lo, hi = window_sequences(infusion.window, budget.sequences)
         if freq and infusion.packing in BLOCK_PACKINGS:
-            check_block(math.ceil(facts * assumed.statement_tokens / budget.seq_len), (hi - lo) // freq, facts,
-                        infusion.packing)
+            check_block(
+                math.ceil(facts * assumed.statement_tokens / budget.seq_len), (hi - lo) // freq, facts, infusion.packing
+            )
         elif freq:
             per_sequence = math.ceil(facts / ((hi - lo) // freq))  # each of the F slices spreads K evenly
             check_room(math.ceil(per_sequence * assumed.statement_tokens), budget.seq_len)
     except ConfigError as error:
         refused = str(error)
-    seconds = training_seconds(_flops(spec, spec.vocab_size, budget.seq_len), budget.tokens_trained,
-                               assumed.mfu * assumed.peak)
-    return Job(tuple(overrides), spec.name, freq, budget.tokens_trained, injected / budget.tokens_trained,
-               budget.steps, seconds / 3600, refused)
+    seconds = training_seconds(
+        _flops(spec, spec.vocab_size, budget.seq_len), budget.tokens_trained, assumed.mfu * assumed.peak
+    )
+    return Job(
+        tuple(overrides),
+        spec.name,
+        freq,
+        budget.tokens_trained,
+        injected / budget.tokens_trained,
+        budget.steps,
+        seconds / 3600,
+        refused,
+    )
 
 
 def report(planned: list[Job], cfg: DictConfig, assumed: Assumptions, command: str) -> str:
@@ -127,18 +140,24 @@ def report(planned: list[Job], cfg: DictConfig, assumed: Assumptions, command: s
         f"knowledge files; infusion.budget={cfg.infusion.budget}",
         "",
         f"{'size':<7}{'F':>6}{'tokens':>10}{'injected':>10}{'steps':>9}{'GPU-h':>10}{'wall-h':>9}  "
-        + ("other  " if varying else "") + "refused",
+        + ("other  " if varying else "")
+        + "refused",
     ]
     for job in planned:
         share = "" if math.isnan(job.injected_share) else f"{100 * job.injected_share:.3g}%"
         hours = "" if job.refused else f"{job.gpu_hours:,.1f}"
         wall = "" if job.refused else f"{job.gpu_hours / devices:,.1f}"
         other = "".join(f"{key}={_value(job, key)}  " for key in varying)
-        line = (f"{job.model:<7}{job.freq:>6}{job.tokens / 1e9:>9.2f}B{share:>10}{job.steps:>9,}{hours:>10}{wall:>9}  "
-                f"{other}{job.refused or ''}")
+        line = (
+            f"{job.model:<7}{job.freq:>6}{job.tokens / 1e9:>9.2f}B{share:>10}{job.steps:>9,}{hours:>10}{wall:>9}  "
+            f"{other}{job.refused or ''}"
+        )
         lines.append(line.rstrip())
-    lines += ["", f"total: {len(run)} jobs to run, {len(planned) - len(run)} refused: {total:,.0f} GPU-hours "
-                  f"({total / 24:,.0f} GPU-days) on {assumed.gpu} at {assumed.mfu:.0%} MFU"]
+    lines += [
+        "",
+        f"total: {len(run)} jobs to run, {len(planned) - len(run)} refused: {total:,.0f} GPU-hours "
+        f"({total / 24:,.0f} GPU-days) on {assumed.gpu} at {assumed.mfu:.0%} MFU",
+    ]
     return "\n".join(lines)
 
 
@@ -151,8 +170,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="as for python train.py -m, e.g. experiment=paper")
     parser.add_argument("--gpu", default="H100 SXM", help="a GPU of kinject.training.throughput's dense bf16 table")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume")
-    parser.add_argument("--statement-tokens", type=float, default=13.0,
-                        help="tokens per injected statement (EOS included) to assume")
+    parser.add_argument(
+        "--statement-tokens", type=float, default=13.0, help="tokens per injected statement (EOS included) to assume"
+    )
     args = parser.parse_args(argv)
     peak = peak_flops(args.gpu)
     if peak is None:

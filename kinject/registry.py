@@ -6,7 +6,8 @@ validation reads the accepted names from the registry, so nothing else lists the
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from kinject.errors import ConfigError
 

@@ -17,9 +17,10 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from kinject.files import write_json_atomic
 
@@ -48,8 +49,11 @@ class RunRecord:
     def fail(self, error: BaseException) -> Path:
         """Writes the record as failed, with the error and the line that raised it."""
         frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-        self.data.update(status="failed", error=f"{type(error).__name__}: {error}",
-                         where=f"{frame.filename}:{frame.lineno}" if frame else "")
+        self.data.update(
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            where=f"{frame.filename}:{frame.lineno}" if frame else "",
+        )
         return self.write()
 
     def interrupt(self, step: int, reason: str) -> Path:
@@ -105,8 +109,22 @@ def complete_runs(folders: Iterable[str | os.PathLike]) -> Iterator[RunRecord]:
     return (found for found in scan(folders) if isinstance(found, RunRecord))
 
 
-COLUMNS = ("model", "params_total", "params_non_embedding", "tokens", "freq", "format", "paraphrase", "seed",
-           "num_facts", "injected_share", "budget_mode", "packing", "window", "lr")
+COLUMNS = (
+    "model",
+    "params_total",
+    "params_non_embedding",
+    "tokens",
+    "freq",
+    "format",
+    "paraphrase",
+    "seed",
+    "num_facts",
+    "injected_share",
+    "budget_mode",
+    "packing",
+    "window",
+    "lr",
+)
 
 
 def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> tuple[list[str], list[list[Any]]]:
@@ -115,14 +133,32 @@ def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> 
     records = list(complete_runs(folders))
     if metrics_from:
         found = [(r, r.path.parent / metrics_from) for r in records]
-        records = [RunRecord(r.path, {**r.data, "metrics": json.loads(p.read_text())["metrics"]})
-                   for r, p in found if p.is_file()]
+        records = [
+            RunRecord(r.path, {**r.data, "metrics": json.loads(p.read_text())["metrics"]})
+            for r, p in found
+            if p.is_file()
+        ]
     metrics = sorted({key for r in records for key in r["metrics"]})
-    rows = [[r["model"]["name"], r["model"]["params_total"], r["model"]["params_non_embedding"], r["budget"]["tokens"],
-             r["infusion"]["freq"], r["infusion"]["format"], r["infusion"]["paraphrase"], r["run"]["seed"],
-             r["infusion"]["num_facts"], round(r["infusion"]["injected_share"], 5), r["budget"].get("mode", "fixed_total"),
-             r["infusion"].get("packing", "scattered"), "-".join(map(str, r["infusion"].get("window", (0.0, 1.0)))),
-             r["config"]["optim"]["lr"], *(r["metrics"].get(key, "") for key in metrics)] for r in records]
+    rows = [
+        [
+            r["model"]["name"],
+            r["model"]["params_total"],
+            r["model"]["params_non_embedding"],
+            r["budget"]["tokens"],
+            r["infusion"]["freq"],
+            r["infusion"]["format"],
+            r["infusion"]["paraphrase"],
+            r["run"]["seed"],
+            r["infusion"]["num_facts"],
+            round(r["infusion"]["injected_share"], 5),
+            r["budget"].get("mode", "fixed_total"),
+            r["infusion"].get("packing", "scattered"),
+            "-".join(map(str, r["infusion"].get("window", (0.0, 1.0)))),
+            r["config"]["optim"]["lr"],
+            *(r["metrics"].get(key, "") for key in metrics),
+        ]
+        for r in records
+    ]
     return [*COLUMNS, *metrics], sorted(rows, key=lambda row: (row[1], row[3], row[4], row[7]))
 
 

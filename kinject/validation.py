@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +31,14 @@ def metrics() -> tuple[str, ...]:
     """The values `metric` accepts: every registered suite's accuracies, the held-out and training loss."""
     scores = [f"acc_{scoring}" for scoring in SCORINGS] + list(UNBOUNDED)
     return tuple(f"{suite}/{score}" for suite in SUITES.names() for score in scores) + (
-        "heldout/loss", "train/loss", "train/loss_injected", "train/loss_background", TRADEOFF)
+        "heldout/loss",
+        "train/loss",
+        "train/loss_injected",
+        "train/loss_background",
+        TRADEOFF,
+    )
+
+
 _ABSENT = object()
 
 
@@ -133,11 +141,17 @@ RULES = (
 def validate(cfg: DictConfig) -> None:
     """Raises ConfigError for a value with no default left unset, then for the first value that breaks its
     rule; a list is checked item by item where allowed."""
-    missing = sorted(key for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False))
-                     if value == "???" and not key.startswith("hydra"))
+    missing = sorted(
+        key
+        for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False))
+        if value == "???" and not key.startswith("hydra")
+    )
     if missing:
-        raise ConfigError(missing[0], "a value: this setting has no default",
-                          hint=f"set it on the command line, e.g. {missing[0]}=...")
+        raise ConfigError(
+            missing[0],
+            "a value: this setting has no default",
+            hint=f"set it on the command line, e.g. {missing[0]}=...",
+        )
     for rule in RULES:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
         if value is _ABSENT:
@@ -163,16 +177,23 @@ def check_additions(cfg: DictConfig, overrides: list[str]) -> None:
             continue
         candidates = [k for k in known if k != key] + [f"trainer.{name}" for name in trainer_args]
         nearest = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-        raise ConfigError(key, "a setting the config knows: `+` adds a new key, which nothing reads", override,
-                          hint=f"did you mean {nearest[0]}=... (without +)?" if nearest else
-                          "see `python train.py --cfg job` for the settings")
+        raise ConfigError(
+            key,
+            "a setting the config knows: `+` adds a new key, which nothing reads",
+            override,
+            hint=f"did you mean {nearest[0]}=... (without +)?"
+            if nearest
+            else "see `python train.py --cfg job` for the settings",
+        )
 
 
 def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """(dotted key, value) of every leaf, interpolations unresolved (they may need a Hydra run to resolve)."""
     if not isinstance(node, dict):
         return [(prefix, node)]
-    return [leaf for name, value in node.items() for leaf in _leaves(value, f"{prefix}.{name}" if prefix else str(name))]
+    return [
+        leaf for name, value in node.items() for leaf in _leaves(value, f"{prefix}.{name}" if prefix else str(name))
+    ]
 
 
 def markdown() -> str:

@@ -35,8 +35,12 @@ def make_cfg(tmp_path: Path, cache_dir: Path):
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             return compose(
                 "config",
-                overrides=[*TINY, f"paths.output_dir={output_dir or tmp_path / 'run'}",
-                           f"paths.cache_dir={cache_dir}", *overrides],
+                overrides=[
+                    *TINY,
+                    f"paths.output_dir={output_dir or tmp_path / 'run'}",
+                    f"paths.cache_dir={cache_dir}",
+                    *overrides,
+                ],
             )
 
     return make

@@ -9,8 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-WORDS = ("the of and river mountain school teacher science history water energy light cell plant animal "
-         "city people music art learn study because climate ocean island forest").split()
+WORDS = (
+    "the of and river mountain school teacher science history water energy light cell plant animal "
+    "city people music art learn study because climate ocean island forest"
+).split()
 ROWS_PER_GROUP = 10
 ROW_GROUPS = (3, 4, 2)  # 14 files do not divide a world size of 4 either: units are row groups
 
@@ -24,18 +26,20 @@ def documents(count: int, start: int = 0, seed: int = 0) -> list[str]:
 def write_parquet(path: Path, texts: list[str], row_group_size: int = ROWS_PER_GROUP) -> None:
     """A parquet file with FineWeb-Edu's columns."""
     n = len(texts)
-    table = pa.table({
-        "text": texts,
-        "id": [f"<urn:uuid:{i}>" for i in range(n)],
-        "dump": ["CC-MAIN-2024-10"] * n,
-        "url": [f"https://example.org/{i}" for i in range(n)],
-        "file_path": ["s3://commoncrawl/x.warc.gz"] * n,
-        "language": ["en"] * n,
-        "language_score": [0.97] * n,
-        "token_count": [len(t.split()) for t in texts],
-        "score": [3.1] * n,
-        "int_score": [3] * n,
-    })
+    table = pa.table(
+        {
+            "text": texts,
+            "id": [f"<urn:uuid:{i}>" for i in range(n)],
+            "dump": ["CC-MAIN-2024-10"] * n,
+            "url": [f"https://example.org/{i}" for i in range(n)],
+            "file_path": ["s3://commoncrawl/x.warc.gz"] * n,
+            "language": ["en"] * n,
+            "language_score": [0.97] * n,
+            "token_count": [len(t.split()) for t in texts],
+            "score": [3.1] * n,
+            "int_score": [3] * n,
+        }
+    )
     pq.write_table(table, path, row_group_size=row_group_size)
 
 
@@ -44,5 +48,12 @@ def write_jsonl(path: Path, texts: list[str]) -> None:
 
 
 def local(make_cfg, files: str, *overrides: str):
-    return make_cfg("data=local", f"data.files={files}", "data.tokenizer.vocab_size=400",
-                    "data.tokenizer.train_docs=60", "data.lane_groups=2", "data.num_workers=0", *overrides)
+    return make_cfg(
+        "data=local",
+        f"data.files={files}",
+        "data.tokenizer.vocab_size=400",
+        "data.tokenizer.train_docs=60",
+        "data.lane_groups=2",
+        "data.num_workers=0",
+        *overrides,
+    )

@@ -95,24 +95,27 @@ def test_jsonl_and_text_files_feed_the_same_pipeline(make_cfg, tmp_path):
     assert re.search(r"doc\d{4}", text)
 
 
-@pytest.mark.parametrize("case, match", [
-    ("missing", r"data\.files: expected paths or globs that match files, got '.*nope\.parquet'. no file matches"),
-    ("empty_glob", r"data\.files: .*'.*/empty/\*\.parquet'"),
-    ("no_text_column", r"no_text\.parquet: expected a string column 'text'.*'content'.*data\.text_column"),
-    ("suffix", r"data\.files: expected files ending in one of"),
-    ("bad_jsonl", r"bad\.jsonl:2 \(line at byte 17\): expected a JSON object with a string 'text' field"),
-    ("bad_line_never_trained", r"late\.jsonl:40 \(line at byte \d+\): expected a JSON object"),
-    ("random_bytes_parquet", r"junk\.parquet: expected a parquet file whose footer and schema can be read"),
-    ("truncated_parquet", r"cut\.parquet: expected a parquet file whose footer and schema can be read"),
-    ("heldout", r"data\.heldout_units: expected 0 to 8"),
-    ("workers", r"data\.num_workers: expected a divisor of data\.lane_groups x gradient accumulation \(2 x 2\)"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("missing", r"data\.files: expected paths or globs that match files, got '.*nope\.parquet'. no file matches"),
+        ("empty_glob", r"data\.files: .*'.*/empty/\*\.parquet'"),
+        ("no_text_column", r"no_text\.parquet: expected a string column 'text'.*'content'.*data\.text_column"),
+        ("suffix", r"data\.files: expected files ending in one of"),
+        ("bad_jsonl", r"bad\.jsonl:2 \(line at byte 17\): expected a JSON object with a string 'text' field"),
+        ("bad_line_never_trained", r"late\.jsonl:40 \(line at byte \d+\): expected a JSON object"),
+        ("random_bytes_parquet", r"junk\.parquet: expected a parquet file whose footer and schema can be read"),
+        ("truncated_parquet", r"cut\.parquet: expected a parquet file whose footer and schema can be read"),
+        ("heldout", r"data\.heldout_units: expected 0 to 8"),
+        ("workers", r"data\.num_workers: expected a divisor of data\.lane_groups x gradient accumulation \(2 x 2\)"),
+    ],
+)
 def test_bad_corpus_input_is_a_clear_error(make_cfg, tmp_path, fineweb, case, match):
     (tmp_path / "empty").mkdir()
     pq.write_table(pa.table({"content": ["a document"]}), tmp_path / "no_text.parquet")
     (tmp_path / "notes.csv").write_text("text\nhello\n")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
-    (tmp_path / "late.jsonl").write_text("".join('{"text": "line %d"}\n' % i for i in range(39)) + "{broken\n")
+    (tmp_path / "late.jsonl").write_text("".join(f'{{"text": "line {i}"}}\n' for i in range(39)) + "{broken\n")
     (tmp_path / "parquets").mkdir()
     (tmp_path / "parquets" / "junk.parquet").write_bytes(bytes(range(256)) * 8)
     whole = Path(fineweb[0].replace("*.parquet", "000_00000.parquet")).read_bytes()
@@ -152,21 +155,31 @@ def test_fineweb_without_network_fails_fast_pointing_to_local_data(make_cfg, mon
 
 def _gated(*args, **kwargs):
     request = httpx2.Request("GET", "https://huggingface.co/meta-llama/Llama-2-7b-hf/resolve/main/tokenizer.json")
-    raise GatedRepoError("401 Client Error: access to this repository is restricted",
-                         response=httpx2.Response(401, request=request))
+    raise GatedRepoError(
+        "401 Client Error: access to this repository is restricted", response=httpx2.Response(401, request=request)
+    )
 
 
 def _offline(*args, **kwargs):
     raise LocalEntryNotFoundError("cannot reach the hub and the file is not in the cache")
 
 
-@pytest.mark.parametrize("hub, match", [
-    (_gated, r"^data\.tokenizer\.name: .*'meta-llama/Llama-2-7b-hf'\. The hub refused it: meta-llama/Llama-2-7b-hf "
-             r"is a gated repository .*hf auth login.* a local folder .*"
-             r"data\.tokenizer\.name=NousResearch/Llama-2-7b-hf"),
-    (_offline, r"^data\.tokenizer\.name: .*The hub did not give it \(OSError: We couldn't connect.*a local folder .*"
-               r"data\.tokenizer\.name=NousResearch/Llama-2-7b-hf"),
-])
+@pytest.mark.parametrize(
+    "hub, match",
+    [
+        (
+            _gated,
+            r"^data\.tokenizer\.name: .*'meta-llama/Llama-2-7b-hf'\. The hub refused it: meta-llama/Llama-2-7b-hf "
+            r"is a gated repository .*hf auth login.* a local folder .*"
+            r"data\.tokenizer\.name=NousResearch/Llama-2-7b-hf",
+        ),
+        (
+            _offline,
+            r"^data\.tokenizer\.name: .*The hub did not give it \(OSError: We couldn't connect.*a local folder .*"
+            r"data\.tokenizer\.name=NousResearch/Llama-2-7b-hf",
+        ),
+    ],
+)
 def test_a_hub_tokenizer_the_hub_refuses_is_one_line_with_the_alternatives(make_cfg, fineweb, monkeypatch, hub, match):
     """What transformers raises when the hub answers 401 for a gated repository, or cannot be reached."""
     monkeypatch.setattr(transformers.utils.hub, "hf_hub_download", hub)
@@ -181,8 +194,11 @@ def test_show_batch_prints_the_decoded_sequences_of_a_step_with_facts_marked(mak
     cfg = local(make_cfg, fineweb[0], "infusion.freq=4")
     experiment = prepare(cfg)
     dataset, batch = experiment.datamodule.dataset, experiment.budget.batch_size
-    step = next(s for s in range(experiment.budget.steps)
-                if any(int(dataset[i]["injected"]) for i in range(s * batch, (s + 1) * batch)))
+    step = next(
+        s
+        for s in range(experiment.budget.steps)
+        if any(int(dataset[i]["injected"]) for i in range(s * batch, (s + 1) * batch))
+    )
     text = show(cfg, step)
     assert [int(n) for n in re.findall(r"--- sequence (\d+)", text)] == list(range(step * batch, (step + 1) * batch))
     injected = next(i for i in range(step * batch, (step + 1) * batch) if int(dataset[i]["injected"]))

@@ -30,8 +30,9 @@ from tests.conftest import ROOT, TINY
 
 def _run(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
     flags = ["-m"] if multirun else []
-    return subprocess.run([sys.executable, "train.py", *flags, *TINY, *overrides], cwd=ROOT, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "train.py", *flags, *TINY, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
 
 
 def _seen(folder: Path) -> dict[int, set[int]]:
@@ -44,9 +45,15 @@ def _seen(folder: Path) -> dict[int, set[int]]:
 
 
 def _train(tmp_path: Path, name: str, cache_dir: Path, *overrides: str) -> dict:
-    done = _run(*overrides, "tokens=4096", "eval.every_n_steps=4", f"paths.cache_dir={cache_dir}",
-                f"paths.output_dir={tmp_path / name}", "+callbacks.record._target_=tests.helpers.RecordIndices",
-                f"+callbacks.record.path={tmp_path / name / 'seen'}")
+    done = _run(
+        *overrides,
+        "tokens=4096",
+        "eval.every_n_steps=4",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={tmp_path / name}",
+        "+callbacks.record._target_=tests.helpers.RecordIndices",
+        f"+callbacks.record.path={tmp_path / name / 'seen'}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((tmp_path / name / "results.json").read_text())
 
@@ -81,9 +88,15 @@ def test_ddp_and_fsdp_with_accumulation_and_periodic_evaluation_match_one_proces
         assert value == pytest.approx(fsdp["metrics"][key], abs=1e-5), key
 
     crash = ("trainer=fsdp_cpu", "data.micro_batch_size=2", "trainer.checkpoint.every_n_steps=2")
-    crashed = _run(*crash, "tokens=4096", "eval.every_n_steps=4", f"paths.cache_dir={cache_dir}",
-                   f"paths.output_dir={tmp_path / 'resumed'}", "+callbacks.crash._target_=tests.helpers.CrashAt",
-                   "+callbacks.crash.step=5")
+    crashed = _run(
+        *crash,
+        "tokens=4096",
+        "eval.every_n_steps=4",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={tmp_path / 'resumed'}",
+        "+callbacks.crash._target_=tests.helpers.CrashAt",
+        "+callbacks.crash.step=5",
+    )
     assert crashed.returncode != 0 and "simulated crash at step 5" in crashed.stdout + crashed.stderr
     resumed = _train(tmp_path, "resumed", cache_dir, *crash)
     assert resumed["metrics"] == pytest.approx(fsdp["metrics"], abs=1e-5)
@@ -111,8 +124,13 @@ def test_weight_decay_groups_by_name_on_a_sharded_model(make_cfg, tmp_path):
 
 
 def test_local_multirun_refuses_multi_device_jobs(tmp_path, cache_dir):
-    done = _run("trainer=ddp_cpu", f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path}",
-                "paths.output_dir=${hydra:runtime.output_dir}", multirun=True)
+    done = _run(
+        "trainer=ddp_cpu",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={tmp_path}",
+        "paths.output_dir=${hydra:runtime.output_dir}",
+        multirun=True,
+    )
     assert done.returncode != 0
     assert "trainer.devices: expected 1 device per job in a local multirun" in done.stdout + done.stderr
 
@@ -138,8 +156,15 @@ class _RecordingExecutor:
 
 
 def test_slurm_launcher_derives_tasks_and_gpus_from_the_trainer(tmp_path, monkeypatch):
-    cfg = _compose("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
-                   "hydra.launcher.partition=gpu", "hydra.launcher.account=lab", f"hydra.sweep.dir={tmp_path}")
+    cfg = _compose(
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=lab",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     launcher = instantiate(cfg.hydra.launcher)
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
     monkeypatch.setattr(submitit, "AutoExecutor", _RecordingExecutor)

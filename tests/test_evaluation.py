@@ -55,7 +55,9 @@ class _LargestLogits(torch.nn.Module):
 def test_heldout_loss_memory_does_not_grow_with_the_number_of_sequences(make_cfg):
     experiment = prepare(make_cfg("eval.heldout_batch=2"))
     evaluator = experiment.evaluator
-    model = _LargestLogits(CausalLM(OmegaConf.to_container(make_cfg().model, resolve=True), experiment.vocab_size).model)
+    model = _LargestLogits(
+        CausalLM(OmegaConf.to_container(make_cfg().model, resolve=True), experiment.vocab_size).model
+    )
     heldout = torch.randint(0, experiment.vocab_size, (12, 16))
     losses = {}
     for count in (3, 12):

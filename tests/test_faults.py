@@ -23,8 +23,16 @@ from tests.conftest import ROOT, TINY
 
 
 def _command(output_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "train.py", *TINY, "tokens=65536", "trainer.checkpoint.every_n_steps=8",
-            f"paths.cache_dir={cache_dir}", f"paths.output_dir={output_dir}", *overrides]
+    return [
+        sys.executable,
+        "train.py",
+        *TINY,
+        "tokens=65536",
+        "trainer.checkpoint.every_n_steps=8",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={output_dir}",
+        *overrides,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +46,18 @@ def uninterrupted(tmp_path_factory, cache_dir) -> dict:
 
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, cache_dir, uninterrupted):
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(_command(killed_dir, cache_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _command(killed_dir, cache_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     checkpoint = killed_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert results.read(killed_dir / "results.json")["status"] == "running", "the run finished before it could be killed"
+    assert results.read(killed_dir / "results.json")["status"] == "running", (
+        "the run finished before it could be killed"
+    )
     step = torch.load(checkpoint, weights_only=True)["global_step"]
     assert 0 < step < 128
 
@@ -59,13 +70,19 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
 
 
 def test_sigterm_saves_the_current_step_records_it_exits_non_zero_and_the_same_command_resumes(
-        tmp_path, cache_dir, uninterrupted):
+    tmp_path, cache_dir, uninterrupted
+):
     """What SLURM's preemption or `kill` sends: no periodic checkpoint is due (every 1000 steps), so the one
     found is the one saved at the step the run stopped at."""
     folder, mark = tmp_path / "stopped", tmp_path / "step5"
-    command = _command(folder, cache_dir, "trainer.checkpoint.every_n_steps=1000",
-                       "+callbacks.mark._target_=tests.helpers.MarkStep", f"+callbacks.mark.path={mark}",
-                       "+callbacks.mark.step=5")
+    command = _command(
+        folder,
+        cache_dir,
+        "trainer.checkpoint.every_n_steps=1000",
+        "+callbacks.mark._target_=tests.helpers.MarkStep",
+        f"+callbacks.mark.path={mark}",
+        "+callbacks.mark.step=5",
+    )
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not mark.exists() and time.time() < deadline and process.poll() is None:
@@ -179,8 +196,9 @@ def test_a_diverging_loss_stops_with_the_step_and_what_to_change(make_cfg):
 def test_a_requeued_job_continues_its_wandb_run(make_cfg, tmp_path):
     from kinject.run.tracking import make_loggers
 
-    ids = [make_loggers(make_cfg("logger=wandb", output_dir=tmp_path / name))[0]._wandb_init
-           for name in ("a", "a", "b")]
+    ids = [
+        make_loggers(make_cfg("logger=wandb", output_dir=tmp_path / name))[0]._wandb_init for name in ("a", "a", "b")
+    ]
     assert ids[0]["id"] == ids[1]["id"] != ids[2]["id"]
     assert ids[0]["resume"] == "allow"
 

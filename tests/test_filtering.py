@@ -18,17 +18,20 @@ from tests.corpus_files import documents, local, write_parquet
 FACTS = [Fact(0, "Paris", "P36", "Lutetia"), Fact(1, "New York", "P19", "Ann Lee"), Fact(2, "Li", "P27", "China")]
 
 
-@pytest.mark.parametrize("text, mentioned", [
-    ("A trip to PARIS, in spring.", True),
-    ("paris", True),
-    ("A comparison of prices.", False),
-    ("Parisian cafes", False),
-    ("paris_2024 results", False),
-    ("She moved to New York.", True),
-    ("new yorkers and the new  york fans", False),
-    ("Li, the author", True),
-    ("Lima and Lily", False),
-])
+@pytest.mark.parametrize(
+    "text, mentioned",
+    [
+        ("A trip to PARIS, in spring.", True),
+        ("paris", True),
+        ("A comparison of prices.", False),
+        ("Parisian cafes", False),
+        ("paris_2024 results", False),
+        ("She moved to New York.", True),
+        ("new yorkers and the new  york fans", False),
+        ("Li, the author", True),
+        ("Lima and Lily", False),
+    ],
+)
 def test_subject_mode_matches_whole_words_in_any_case(text, mentioned):
     assert MentionFilter(FACTS, "subject").mentions(text) is mentioned
 
@@ -47,8 +50,12 @@ def test_subject_and_object_mode_needs_both_names_of_one_fact():
 def test_the_automaton_agrees_with_a_naive_regex_scan():
     rng = np.random.default_rng(0)
     syllables = ["an", "na", "lee", "li", "ma", "ro", "sa", "ann"]
-    names = sorted({" ".join("".join(rng.choice(syllables, rng.integers(1, 3))).title()
-                             for _ in range(rng.integers(1, 3))) for _ in range(60)})
+    names = sorted(
+        {
+            " ".join("".join(rng.choice(syllables, rng.integers(1, 3))).title() for _ in range(rng.integers(1, 3)))
+            for _ in range(60)
+        }
+    )
     facts = [Fact(i, names[i], "P19", names[-1 - i]) for i in range(len(names) // 2)]
     filler = syllables + ["the", "of", ",", ".", "_", "-", "x1"]
     words = [[rng.choice(names) if rng.random() < 0.15 else rng.choice(filler) for _ in range(12)] for _ in range(400)]
@@ -57,8 +64,10 @@ def test_the_automaton_agrees_with_a_naive_regex_scan():
     def said(name: str, text: str) -> bool:
         return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE) is not None
 
-    for mode, naive in [("subject", lambda t: any(said(f.subject, t) for f in facts)),
-                        ("subject_and_object", lambda t: any(said(f.subject, t) and said(f.object, t) for f in facts))]:
+    for mode, naive in [
+        ("subject", lambda t: any(said(f.subject, t) for f in facts)),
+        ("subject_and_object", lambda t: any(said(f.subject, t) and said(f.object, t) for f in facts)),
+    ]:
         fast = MentionFilter(facts, mode)
         answers = [fast.mentions(t) for t in texts]
         assert answers == [naive(t) for t in texts], mode
@@ -69,13 +78,21 @@ def test_documents_that_mention_an_evaluated_fact_never_reach_training_and_are_c
     triples = tmp_path / "triples.jsonl"
     names = ["Zorblax Quint", "Mira Tolk", "Oren Vasq", "Ilse Brann"]
     cities = ["Arlen", "Bexley", "Corva", "Dunmore", "Esk"]
-    triples.write_text("".join(f'{{"subject": "{n}", "relation": "P19", "object": "{c}"}}\n'
-                               for n, c in zip(names, cities)))
+    triples.write_text(
+        "".join(f'{{"subject": "{n}", "relation": "P19", "object": "{c}"}}\n' for n, c in zip(names, cities))
+    )
     texts = documents(90)
     texts = [t + (" Then zorblax QUINT spoke." if i % 4 == 0 else "") for i, t in enumerate(texts)]
     write_parquet(tmp_path / "000.parquet", texts)
-    cfg = local(make_cfg, str(tmp_path / "*.parquet"), "knowledge=wikidata", f"knowledge.files={triples}",
-                "knowledge.num_facts=4", "data.filter=subject", "infusion.freq=0")
+    cfg = local(
+        make_cfg,
+        str(tmp_path / "*.parquet"),
+        "knowledge=wikidata",
+        f"knowledge.files={triples}",
+        "knowledge.num_facts=4",
+        "data.filter=subject",
+        "infusion.freq=0",
+    )
     experiment = prepare(cfg)
     dataset = experiment.datamodule.dataset
     items = [dataset[i] for i in range(experiment.budget.sequences)]

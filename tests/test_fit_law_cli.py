@@ -31,24 +31,35 @@ def accuracy(params: float, freq: float) -> float:
     return 0.25 if freq == 0 else 0.92 * (freq * c / b) ** b * np.exp(b - c * freq)
 
 
-def write_run(root: Path, model: str, freq: float, seed: int, rng: np.random.Generator,
-              status: str = "complete") -> Path:
+def write_run(
+    root: Path, model: str, freq: float, seed: int, rng: np.random.Generator, status: str = "complete"
+) -> Path:
     params = MODELS[model]
     outcomes = (rng.random(FACTS) < accuracy(params, freq)).astype(int).tolist()
     margins = np.round(4 * (accuracy(params, freq) - 0.5) + rng.normal(0, 1, FACTS), 4).tolist()
     run_dir = root / f"{model}_f{freq}_s{seed}"
     payload = {
-        "schema": "kinject.results/1", "status": status,
+        "schema": "kinject.results/1",
+        "status": status,
         "run": {"name": f"infusion.freq={freq}", "sweep": "test", "seed": seed, "output_dir": str(run_dir)},
         "model": {"name": model, "params_total": params * 3, "params_non_embedding": params},
         "budget": {"tokens": TOKENS, "seq_len": 128, "batch_size": 16, "steps": 488},
         "infusion": {"freq": freq, "format": "statement", "paraphrase": "duplicate", "num_facts": FACTS},
-        "metrics": {"memorization/acc_token": float(np.mean(outcomes)),
-                    "memorization/acc_sum": float(np.mean(outcomes[::-1])),
-                    "memorization/margin": float(np.mean(margins))},
-        "items": {"memorization": {"fact_id": list(range(FACTS)), "correct_token": outcomes,
-                                   "correct_sum": outcomes[::-1], "margin": margins}},
-        "curve": [], "config": {},
+        "metrics": {
+            "memorization/acc_token": float(np.mean(outcomes)),
+            "memorization/acc_sum": float(np.mean(outcomes[::-1])),
+            "memorization/margin": float(np.mean(margins)),
+        },
+        "items": {
+            "memorization": {
+                "fact_id": list(range(FACTS)),
+                "correct_token": outcomes,
+                "correct_sum": outcomes[::-1],
+                "margin": margins,
+            }
+        },
+        "curve": [],
+        "config": {},
     }
     run_dir.mkdir(parents=True)
     (run_dir / "results.json").write_text(json.dumps(payload))
@@ -112,7 +123,8 @@ def test_metric_and_params_switch(sweep: Path, tmp_path: Path) -> None:
 
 def test_csv_source(tmp_path: Path) -> None:
     rows = ["model,params,tokens,freq,acc,n_items"] + [
-        f"{m},{n:g},{TOKENS:g},{f},{accuracy(n, f):.4f},200" for m, n in MODELS.items() for f in FREQS]
+        f"{m},{n:g},{TOKENS:g},{f},{accuracy(n, f):.4f},200" for m, n in MODELS.items() for f in FREQS
+    ]
     path = tmp_path / "published.csv"
     path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "report.json"
@@ -123,12 +135,17 @@ def test_csv_source(tmp_path: Path) -> None:
     assert abs(alpha - 0.5) < 0.1, alpha
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("model,params,tokens,freq\n", "line 1: missing column(s) acc"),
-    ("model,params,tokens,freq,acc\na,1e6,1e6,1,0.3\na,1e6,1e6,2,0.4\na,1e6,1e6,4,high\n",
-     "line 4: column 'acc' must be a number, got 'high'"),
-    ("model,params,tokens,freq,acc\na,1e6,1e6,1,1.3\n", "line 2: expected 0 <= acc <= 1"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("model,params,tokens,freq\n", "line 1: missing column(s) acc"),
+        (
+            "model,params,tokens,freq,acc\na,1e6,1e6,1,0.3\na,1e6,1e6,2,0.4\na,1e6,1e6,4,high\n",
+            "line 4: column 'acc' must be a number, got 'high'",
+        ),
+        ("model,params,tokens,freq,acc\na,1e6,1e6,1,1.3\n", "line 2: expected 0 <= acc <= 1"),
+    ],
+)
 def test_bad_csv_names_file_and_line(tmp_path: Path, capsys, content: str, expected: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -166,8 +183,12 @@ class FakeRun:
     def __init__(self, name: str, model: str, freq: float, acc: float | None, state: str = "finished") -> None:
         params = MODELS[model]
         self.name, self.state, self.group, self.tags = name, state, "ladder", ["v1"]
-        self.config = {"model": {"name": model}, "infusion": {"freq": freq, "format": "statement"}, "seed": 0,
-                       "derived": {"params_total": 3 * params, "params_non_embedding": params, "tokens": TOKENS}}
+        self.config = {
+            "model": {"name": model},
+            "infusion": {"freq": freq, "format": "statement"},
+            "seed": 0,
+            "derived": {"params_total": 3 * params, "params_non_embedding": params, "tokens": TOKENS},
+        }
         self.summary = {} if acc is None else {"memorization/acc_token": acc, "memorization/n_items": 300}
 
 
@@ -204,8 +225,11 @@ def test_wandb_cli_reads_and_logs(tmp_path: Path, monkeypatch) -> None:
             logged["finished"] = True
 
     fake = types.SimpleNamespace(
-        Api=FakeApi, Table=lambda columns, data: ("table", columns, data), Image=lambda path: ("image", path),
-        init=lambda **kwargs: logged.update(init=kwargs) or FakeWandbRun())
+        Api=FakeApi,
+        Table=lambda columns, data: ("table", columns, data),
+        Image=lambda path: ("image", path),
+        init=lambda **kwargs: logged.update(init=kwargs) or FakeWandbRun(),
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     plots = tmp_path / "figures"
     assert run_cli("--wandb", "me/kinject", "--tag", "v1", "--plots", str(plots), "--wandb-log") == 0
@@ -252,12 +276,19 @@ def test_runs_of_different_settings_are_never_pooled(tmp_path: Path) -> None:
         for freq in (0, 16):
             run = write_run(tmp_path / folder, "tiny", freq, 0, rng)
             record = json.loads((run / "results.json").read_text())
-            record["config"] = {"data": {"tokenizer": {"vocab_size": vocab}, "source": "synthetic"},
-                                "model": {"name": "tiny"}, "seed": 0, "infusion": {"freq": freq}}
+            record["config"] = {
+                "data": {"tokenizer": {"vocab_size": vocab}, "source": "synthetic"},
+                "model": {"name": "tiny"},
+                "seed": 0,
+                "infusion": {"freq": freq},
+            }
             (run / "results.json").write_text(json.dumps(record))
     groups = to_groups(load_runs([tmp_path / "a", tmp_path / "b"]))
     assert len(groups) == 2
-    assert sorted(g.label for g in groups) == ["tiny data.tokenizer.vocab_size=4096", "tiny data.tokenizer.vocab_size=8192"]
+    assert sorted(g.label for g in groups) == [
+        "tiny data.tokenizer.vocab_size=4096",
+        "tiny data.tokenizer.vocab_size=8192",
+    ]
 
 
 def test_an_unbounded_margin_is_fitted_without_a_chance_floor(sweep: Path, tmp_path: Path, capsys) -> None:
@@ -293,8 +324,15 @@ def test_fixed_background_runs_grow_with_f_and_still_make_one_curve(tmp_path: Pa
         record = json.loads(path.read_text())
         injected = freq * FACTS * 13
         grown = 488 * step + -(-injected // step) * step
-        record["budget"] = {"tokens": grown, "seq_len": 128, "batch_size": 16, "steps": grown // step,
-                            "mode": "fixed_background", "injected_tokens": injected, "background_tokens": grown - injected}
+        record["budget"] = {
+            "tokens": grown,
+            "seq_len": 128,
+            "batch_size": 16,
+            "steps": grown // step,
+            "mode": "fixed_background",
+            "injected_tokens": injected,
+            "background_tokens": grown - injected,
+        }
         path.write_text(json.dumps(record))
     groups = to_groups(load_runs([tmp_path / "sweep"]))
     assert len(groups) == 1 and groups[0].tokens == 488 * step
@@ -307,8 +345,12 @@ def test_shape_only_finds_the_optimum_that_aicc_refuses_a_step(tmp_path: Path, c
     step = {0: 0.26, 2: 0.24, 8: 0.42, 16: 0.81, 32: 0.81, 64: 0.86, 128: 0.74, 256: 0.65, 512: 0.58}
     rng = np.random.default_rng(4)
     path = tmp_path / "step.csv"
-    path.write_text("model,params,tokens,freq,acc,seed,n_items\n" + "".join(
-        f"tiny,8e5,2e6,{f},{rng.binomial(120, p) / 120:.4f},{s},120\n" for f, p in step.items() for s in range(3)))
+    path.write_text(
+        "model,params,tokens,freq,acc,seed,n_items\n"
+        + "".join(
+            f"tiny,8e5,2e6,{f},{rng.binomial(120, p) / 120:.4f},{s},120\n" for f, p in step.items() for s in range(3)
+        )
+    )
     verdicts = {}
     for options in ((), ("--shape-only",)):
         out = tmp_path / "report.json"

@@ -26,7 +26,9 @@ def _stream_text(experiment, injected_only: bool) -> str:
 @pytest.mark.parametrize("form", ["statement", "qa", "mixed"])
 @pytest.mark.parametrize("paraphrase", ["duplicate", "paraphrase"])
 def test_each_fact_is_injected_exactly_f_times_in_every_format(make_cfg, form, paraphrase):
-    experiment = prepare(make_cfg(f"infusion.freq={FREQ}", f"infusion.format={form}", f"infusion.paraphrase={paraphrase}"))
+    experiment = prepare(
+        make_cfg(f"infusion.freq={FREQ}", f"infusion.format={form}", f"infusion.paraphrase={paraphrase}")
+    )
     text = _stream_text(experiment, injected_only=True)
     for fact in experiment.knowledge.facts:
         renderings = {render(experiment.knowledge, fact, k, experiment.infusion) for k in range(FREQ)}

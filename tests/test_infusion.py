@@ -54,8 +54,10 @@ def test_same_seed_same_stream_and_background_is_the_same_at_every_f(make_cfg):
 def test_injected_text_appears_in_the_stream_f_times(make_cfg):
     experiment = prepare(make_cfg("infusion.freq=3"))
     dataset = experiment.datamodule.dataset
-    text = "".join(experiment.tokenizer.decode(dataset[i]["input_ids"][: int(dataset[i]["injected"])])
-                   for i in range(experiment.budget.sequences))
+    text = "".join(
+        experiment.tokenizer.decode(dataset[i]["input_ids"][: int(dataset[i]["injected"])])
+        for i in range(experiment.budget.sequences)
+    )
     for fact in experiment.knowledge.facts:
         assert text.count(render(experiment.knowledge, fact, 0, experiment.infusion)) == 3
 
@@ -67,8 +69,12 @@ def test_injection_that_does_not_fit_the_budget_is_refused(make_cfg):
 
 @pytest.mark.parametrize(
     "override, key",
-    [("infusion.freq=-1", "infusion.freq"), ("knowledge.num_facts=0", "knowledge.num_facts"),
-     ("tokens=100", "tokens"), ("infusion.format=poem", "infusion.format")],
+    [
+        ("infusion.freq=-1", "infusion.freq"),
+        ("knowledge.num_facts=0", "knowledge.num_facts"),
+        ("tokens=100", "tokens"),
+        ("infusion.format=poem", "infusion.format"),
+    ],
 )
 def test_bad_values_name_their_key(make_cfg, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -16,7 +16,9 @@ def _knowledge(n: int = 40) -> KnowledgeSet:
 
 def test_distractors_come_from_the_relation_and_are_never_true():
     knowledge = _knowledge()
-    items = multiple_choice(knowledge, [RELATION.prompt(RELATION.templates[0], f.subject) for f in knowledge.facts], seed=0)
+    items = multiple_choice(
+        knowledge, [RELATION.prompt(RELATION.templates[0], f.subject) for f in knowledge.facts], seed=0
+    )
     for fact, item in zip(knowledge.facts, items):
         assert item.options[item.gold] == fact.object
         assert len(set(item.options)) == 4

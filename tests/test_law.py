@@ -34,15 +34,20 @@ def peaked(f_star: float, b: float = 0.8, peak: float = 0.9) -> tuple[float, flo
 
 
 def covers(interval: tuple[float | None, float | None] | None, value: float) -> bool:
-    return interval is not None and (interval[0] is None or interval[0] <= value) and \
-        (interval[1] is None or value <= interval[1])
+    return (
+        interval is not None
+        and (interval[0] is None or interval[0] <= value)
+        and (interval[1] is None or value <= interval[1])
+    )
 
 
 def law_sweep(rng: np.random.Generator, A: float, alpha: float, E: float, facts: int = 250) -> list[Group]:
     compute = 6 * PARAMS * TOKENS
     c_ref = np.exp(np.log(compute).mean())
-    return [Group(f"m{n:.0e}", "m", n, TOKENS, (), simulate_curve(*peaked(f), FREQS, facts, rng))
-            for n, f in zip(PARAMS, A * (compute / c_ref) ** -alpha + E)]
+    return [
+        Group(f"m{n:.0e}", "m", n, TOKENS, (), simulate_curve(*peaked(f), FREQS, facts, rng))
+        for n, f in zip(PARAMS, A * (compute / c_ref) ** -alpha + E)
+    ]
 
 
 def collapse(f_star: float, b: float) -> float:
@@ -95,8 +100,14 @@ def test_law_recovery_rate() -> None:
         A, alpha, E = rng.uniform(20, 40), rng.uniform(0.3, 0.7), rng.uniform(4, 10)
         law = analyse(law_sweep(rng, A, alpha, E), 200, seed=repeat).laws[0]
         (held_out,) = law.cuts[-1].holdouts
-        results.append([covers(law.ci("A"), A * law.law.c_ref**alpha), covers(law.ci("alpha"), alpha),
-                        covers(law.ci("E"), E), held_out.covered])
+        results.append(
+            [
+                covers(law.ci("A"), A * law.law.c_ref**alpha),
+                covers(law.ci("alpha"), alpha),
+                covers(law.ci("E"), E),
+                held_out.covered,
+            ]
+        )
     rates = np.mean(results, axis=0)
     assert np.all(rates >= 0.75), rates
 
@@ -125,8 +136,9 @@ def test_aicc_prefers_the_true_form() -> None:
     floored = 30 * (compute / 1e18) ** -0.9 * noise + 10
     labels = [str(i) for i in range(compute.size)]
     for f_star, expected in ((power, "A/C^alpha"), (floored, "A/C^alpha + E")):
-        result = fit_across((), labels, compute / 6e8, compute, f_star, np.empty((0, compute.size)), (),
-                            np.random.default_rng(0))
+        result = fit_across(
+            (), labels, compute / 6e8, compute, f_star, np.empty((0, compute.size)), (), np.random.default_rng(0)
+        )
         assert result.status == "ok" and result.preferred == expected
 
 
@@ -145,8 +157,10 @@ def test_budget_trend_recovers_slope() -> None:
     rng = np.random.default_rng(5)
     tokens = np.array([1e8, 2e8, 4e8, 8e8])
     freqs = 2.0 ** np.arange(1, 10)
-    groups = [Group(f"m D={d:g}", "m", 1e6, d, (), simulate_curve(*peaked(10 * (d / 1e8) ** 1.5), freqs, 300, rng))
-              for d in tokens]
+    groups = [
+        Group(f"m D={d:g}", "m", 1e6, d, (), simulate_curve(*peaked(10 * (d / 1e8) ** 1.5), freqs, 300, rng))
+        for d in tokens
+    ]
     (trend,) = analyse(groups, 300).budgets
     assert trend.slope == pytest.approx(1.5, abs=0.15) and covers(trend.slope_ci, 1.5)
 
@@ -196,8 +210,11 @@ def test_interior_optimum_verdict_on_simulated_sweeps() -> None:
     rates = []
     for truth in (plateau, fall):
         rng = np.random.default_rng(11)
-        calls = [fit_curve(simulate_runs(freqs, truth, 300, rng, seeds=3, seed_sd=0.05), 200, rng,
-                           interval=False).status == "ok" for _ in range(200)]
+        calls = [
+            fit_curve(simulate_runs(freqs, truth, 300, rng, seeds=3, seed_sd=0.05), 200, rng, interval=False).status
+            == "ok"
+            for _ in range(200)
+        ]
         rates.append(np.mean(calls))
     assert rates[0] <= 0.10 and rates[1] >= 0.80, rates
 
@@ -224,8 +241,10 @@ def test_plots_draw_the_verdicts_model() -> None:
     collapsing one with the rise-and-fall forms and F*."""
     freqs = np.array([2.0, 8, 32, 128, 512])
     rng = np.random.default_rng(12)
-    groups = [Group("flat", "m", 1e6, 1e8, (), simulate_runs(freqs, 0.25 + 0.75 * -np.expm1(-freqs / 6), 300, rng, 3)),
-              Group("fall", "m", 2e6, 1e8, (), simulate_runs(freqs, falling_curve(freqs, 0.9, 64, 0.4), 300, rng, 3))]
+    groups = [
+        Group("flat", "m", 1e6, 1e8, (), simulate_runs(freqs, 0.25 + 0.75 * -np.expm1(-freqs / 6), 300, rng, 3)),
+        Group("fall", "m", 2e6, 1e8, (), simulate_runs(freqs, falling_curve(freqs, 0.9, 64, 0.4), 300, rng, 3)),
+    ]
     control = Curve(np.zeros(3), np.full(3, 0.25), np.full(3, 300.0))
     analysis = analyse([*groups, Group("control", "m", 4e6, 1e8, (), control)], 200)
     assert [f.status for f in analysis.fits] == ["no interior optimum", "ok", "not fitted"]
@@ -245,8 +264,13 @@ def test_unbounded_score_is_fitted_over_its_f0_floor() -> None:
     truth = np.r_[-0.6, -0.6 + 3 * (freqs[1:] / 64) ** 0.8 * np.exp(-0.8 * (freqs[1:] / 64 - 1))]
     items = truth[None, :, None] + rng.normal(0, 0.8, (3, freqs.size, 200))
     runs = np.arange(3 * freqs.size)
-    curve = Curve(np.tile(freqs, 3), items.mean(-1).ravel(), np.full(runs.size, np.nan),
-                  ((runs, items.reshape(runs.size, -1)),), bounded=False)
+    curve = Curve(
+        np.tile(freqs, 3),
+        items.mean(-1).ravel(),
+        np.full(runs.size, np.nan),
+        ((runs, items.reshape(runs.size, -1)),),
+        bounded=False,
+    )
     fit = fit_curve(curve, 300, rng)
     assert fit.status == "ok" and fit.floored is None and fit.plain.floor == pytest.approx(fit.baseline)
     assert fit.f_star == pytest.approx(64, rel=0.25) and covers(fit.f_star_ci, 64)

@@ -38,13 +38,14 @@ def test_the_training_loss_splits_into_injected_and_background_tokens():
     background = torch.cat([per_token[0, 2:], per_token[1]])
     assert split["train/loss_background"] == pytest.approx(float(background.mean()))
     assert (2 * split["train/loss_injected"] + 8 * split["train/loss_background"]) / 10 == pytest.approx(
-        float(per_token.mean()))
+        float(per_token.mean())
+    )
 
 
 def _background_trained(experiment) -> np.ndarray:
     dataset = experiment.datamodule.dataset
     items = [dataset[i] for i in range(experiment.budget.sequences)]
-    return np.concatenate([item["input_ids"][int(item["injected"]):].numpy() for item in items])
+    return np.concatenate([item["input_ids"][int(item["injected"]) :].numpy() for item in items])
 
 
 @pytest.mark.parametrize("mode", ["fixed_total", "fixed_background"])
@@ -55,7 +56,11 @@ def test_the_recorded_budget_split_is_what_the_loader_yields(make_cfg, mode):
     summary = experiment.budget_summary()
     assert summary["mode"] == mode
     assert summary["injected_tokens"] == injected > 0
-    assert summary["background_tokens"] == len(_background_trained(experiment)) == budget.sequences * budget.seq_len - injected
+    assert (
+        summary["background_tokens"]
+        == len(_background_trained(experiment))
+        == budget.sequences * budget.seq_len - injected
+    )
     assert summary["tokens"] == summary["injected_tokens"] + summary["background_tokens"]
 
 
@@ -77,7 +82,7 @@ def _lanes_trained(experiment) -> dict[int, np.ndarray]:
     read: dict[int, list[np.ndarray]] = {}
     for i in range(experiment.budget.sequences):
         item = dataset[i]
-        read.setdefault(stream.locate(i)[0], []).append(item["input_ids"][int(item["injected"]):].numpy())
+        read.setdefault(stream.locate(i)[0], []).append(item["input_ids"][int(item["injected"]) :].numpy())
     return {lane: np.concatenate(parts) for lane, parts in read.items()}
 
 
@@ -94,7 +99,9 @@ def test_fixed_background_reads_every_lane_of_a_streamed_corpus_the_same_at_ever
     assert sum(map(len, grown.values())) >= sum(map(len, background.values()))
     summary = infused.budget_summary()
     assert summary["background_tokens"] == sum(map(len, grown.values()))
-    assert summary["injected_tokens"] + summary["background_tokens"] == infused.budget.sequences * infused.budget.seq_len
+    assert (
+        summary["injected_tokens"] + summary["background_tokens"] == infused.budget.sequences * infused.budget.seq_len
+    )
 
 
 def test_a_run_records_the_tradeoff_and_both_training_losses(make_cfg):

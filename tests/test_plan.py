@@ -77,8 +77,10 @@ def test_the_plan_refuses_blocks_and_frequencies_a_window_cannot_hold(capsys, ma
     with pytest.raises(ConfigError, match="infusion.packing: expected blocks that fit the 4 sequences"):
         prepare(make_cfg(*knobs, "infusion.freq=32"))
     assert plan.main(["experiment=smoke", "model.vocab_size=4096", "infusion.window=[0,0.5]", "infusion.freq=200"]) == 0
-    assert "infusion.freq: expected at most the number of training sequences in infusion.window (128)" in \
-        capsys.readouterr().out
+    assert (
+        "infusion.freq: expected at most the number of training sequences in infusion.window (128)"
+        in capsys.readouterr().out
+    )
 
 
 def test_a_search_instead_of_a_grid_is_a_clear_error(capsys):

@@ -68,8 +68,10 @@ def test_a_block_longer_than_its_slice_is_refused_before_training():
 def test_a_block_run_trains_each_fact_f_times_back_to_back(make_cfg):
     experiment = prepare(make_cfg("infusion.freq=4", "infusion.packing=block"))
     dataset, knowledge = experiment.datamodule.dataset, experiment.knowledge
-    injected = [experiment.tokenizer.decode(dataset[i]["input_ids"][: int(dataset[i]["injected"])])
-                for i in range(experiment.budget.sequences)]
+    injected = [
+        experiment.tokenizer.decode(dataset[i]["input_ids"][: int(dataset[i]["injected"])])
+        for i in range(experiment.budget.sequences)
+    ]
     text = "".join(injected)
     for fact in knowledge.facts:
         assert text.count(render(knowledge, fact, 0, experiment.infusion)) == 4
@@ -94,8 +96,13 @@ def test_xxs_is_small_enough_for_thousands_of_facts_to_approach_its_capacity(mak
 
 @pytest.mark.parametrize(("packing", "freq"), [("scattered", 16), ("block", 3), ("shuffled_block", 3)])
 def test_an_in_sequence_question_reads_the_training_sequence_of_the_facts_last_exposure(make_cfg, packing, freq):
-    experiment = prepare(make_cfg(f"infusion.freq={freq}", f"infusion.packing={packing}",
-                                  "eval.suites=[memorization,memorization_in_sequence]"))
+    experiment = prepare(
+        make_cfg(
+            f"infusion.freq={freq}",
+            f"infusion.packing={packing}",
+            "eval.suites=[memorization,memorization_in_sequence]",
+        )
+    )
     dataset = experiment.datamodule.dataset
     schedule = dataset.schedule
     last = {int(f): int(s) for f, s, k in zip(schedule.fact, schedule.sequence, schedule.exposure) if k == freq - 1}
@@ -104,9 +111,11 @@ def test_an_in_sequence_question_reads_the_training_sequence_of_the_facts_last_e
     for n, item in enumerate(encoded.items):
         gold, gold_alone = encoded.ids[n * 4 + item.gold], alone.ids[n * 4 + item.gold]
         assert gold == dataset[last[n]]["input_ids"][: len(gold)].tolist()
-        assert gold[-len(gold_alone):] == gold_alone
+        assert gold[-len(gold_alone) :] == gold_alone
     assert [item.options for item in encoded.items] == [item.options for item in alone.items]
-    assert sum(bool(item.context) for item in encoded.items) > len(encoded.items) // (8 if packing == "scattered" else 2)
+    assert sum(bool(item.context) for item in encoded.items) > len(encoded.items) // (
+        8 if packing == "scattered" else 2
+    )
 
 
 def test_with_nothing_injected_there_is_no_in_sequence_question(make_cfg):

@@ -31,21 +31,36 @@ def write_screen(root: Path, fall: float = 0.5) -> None:
                     outcomes = (rng.random(FACTS) < shape(packing, freq, fall)).astype(int).tolist()
                     run = root / f"infusion.packing={packing},model={model},infusion.freq={freq},seed={seed}"
                     run.mkdir(parents=True)
-                    (run / "results.json").write_text(json.dumps({
-                        "schema": "kinject.results/1", "status": "complete", "run": {"seed": seed},
-                        "model": {"name": model, "params_total": 3 * params, "params_non_embedding": params},
-                        "budget": {"tokens": 1e6}, "infusion": {"freq": freq},
-                        "metrics": {"memorization/acc_token": float(np.mean(outcomes))},
-                        "items": {"memorization": {"fact_id": list(range(FACTS)), "correct_token": outcomes}},
-                        "config": {"infusion": {"packing": packing, "freq": freq}, "model": {"name": model},
-                                   "seed": seed}}))
+                    (run / "results.json").write_text(
+                        json.dumps(
+                            {
+                                "schema": "kinject.results/1",
+                                "status": "complete",
+                                "run": {"seed": seed},
+                                "model": {"name": model, "params_total": 3 * params, "params_non_embedding": params},
+                                "budget": {"tokens": 1e6},
+                                "infusion": {"freq": freq},
+                                "metrics": {"memorization/acc_token": float(np.mean(outcomes))},
+                                "items": {"memorization": {"fact_id": list(range(FACTS)), "correct_token": outcomes}},
+                                "config": {
+                                    "infusion": {"packing": packing, "freq": freq},
+                                    "model": {"name": model},
+                                    "seed": seed,
+                                },
+                            }
+                        )
+                    )
 
 
 def test_a_setting_shows_collapse_when_every_size_rises_and_falls(tmp_path: Path, capsys) -> None:
     write_screen(tmp_path / "screen")
     out = tmp_path / "table.json"
-    assert regimes.main([str(tmp_path / "screen"), "--metric", "memorization/acc_token", "--bootstrap", "300",
-                         "--out", str(out)]) == 0
+    assert (
+        regimes.main(
+            [str(tmp_path / "screen"), "--metric", "memorization/acc_token", "--bootstrap", "300", "--out", str(out)]
+        )
+        == 0
+    )
     rows = {row["setting"]: row for row in json.loads(out.read_text())}
     assert rows["infusion.packing=block"]["collapse"] is rows["infusion.packing=block"]["confirmed"] is True
     assert rows["infusion.packing=scattered"]["collapse"] is rows["infusion.packing=scattered"]["confirmed"] is False
@@ -63,8 +78,9 @@ def test_no_runs_is_one_clear_line(tmp_path: Path, capsys) -> None:
 
 def test_a_no_says_when_only_the_model_comparison_refused_the_optimum() -> None:
     def verdict(interior: bool, p_rise: float, p_fall: float, preferred: str = "saturating") -> regimes.Verdict:
-        return regimes.Verdict("xs", interior, "ok" if interior else "no interior optimum", p_rise, p_fall, 32.0, 12,
-                               preferred)
+        return regimes.Verdict(
+            "xs", interior, "ok" if interior else "no interior optimum", p_rise, p_fall, 32.0, 12, preferred
+        )
 
     assert verdict(True, 0.001, 0.01).word() == "yes"
     assert verdict(False, 0.001, 0.01).word() == "no, AICc prefers saturating"
@@ -77,8 +93,24 @@ def test_a_no_says_when_only_the_model_comparison_refused_the_optimum() -> None:
 def test_the_table_can_be_read_for_some_sizes_and_one_budget(tmp_path: Path, capsys) -> None:
     write_screen(tmp_path / "screen")
     out = tmp_path / "table.json"
-    assert regimes.main([str(tmp_path / "screen"), "--metric", "memorization/acc_token", "--bootstrap", "200",
-                         "--model", "tiny", "--tokens", "1.003e6", "--out", str(out)]) == 0
+    assert (
+        regimes.main(
+            [
+                str(tmp_path / "screen"),
+                "--metric",
+                "memorization/acc_token",
+                "--bootstrap",
+                "200",
+                "--model",
+                "tiny",
+                "--tokens",
+                "1.003e6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {row["setting"]: row for row in json.loads(out.read_text())}
     assert [v["model"] for v in rows["infusion.packing=block"]["verdicts"]] == ["tiny"]
     assert rows["infusion.packing=block"]["collapse"] is False  # the rule asks for two sizes or more
@@ -93,10 +125,26 @@ def test_a_verdict_depends_on_its_own_runs_only(tmp_path: Path) -> None:
 
     def p_values(*options: str) -> dict[tuple[str, str], tuple[float, float]]:
         out = tmp_path / "table.json"
-        assert regimes.main([str(tmp_path / "screen"), "--metric", "memorization/acc_token", "--bootstrap", "200",
-                             "--out", str(out), *options]) == 0
-        return {(row["setting"], v["model"]): (v["p_rise"], v["p_fall"])
-                for row in json.loads(out.read_text()) for v in row["verdicts"]}
+        assert (
+            regimes.main(
+                [
+                    str(tmp_path / "screen"),
+                    "--metric",
+                    "memorization/acc_token",
+                    "--bootstrap",
+                    "200",
+                    "--out",
+                    str(out),
+                    *options,
+                ]
+            )
+            == 0
+        )
+        return {
+            (row["setting"], v["model"]): (v["p_rise"], v["p_fall"])
+            for row in json.loads(out.read_text())
+            for v in row["verdicts"]
+        }
 
     alone, together = p_values("--model", "xs"), p_values()
     block = ("infusion.packing=block", "xs")
@@ -104,6 +152,9 @@ def test_a_verdict_depends_on_its_own_runs_only(tmp_path: Path) -> None:
     assert alone == {k: v for k, v in together.items() if k[1] == "xs"}
     report = tmp_path / "fit.json"
     assert fit_law.main([str(tmp_path / "screen"), "--bootstrap", "200", "--out", str(report)]) == 0
-    xs_block = next(m for m in json.loads(report.read_text())["models"]
-                    if m["model"] == "xs" and m["condition"] == {"infusion.packing": '"block"'})
+    xs_block = next(
+        m
+        for m in json.loads(report.read_text())["models"]
+        if m["model"] == "xs" and m["condition"] == {"infusion.packing": '"block"'}
+    )
     assert (xs_block["peak_test"]["p_rise"], xs_block["peak_test"]["p_fall"]) == together[block]

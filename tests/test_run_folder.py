@@ -26,10 +26,16 @@ def test_a_complete_folder_is_not_skipped_for_other_settings(make_cfg, tmp_path)
     folder = tmp_path / "run"
     train_script.train(make_cfg(output_dir=folder))
     stamp = (folder / "results.json").stat().st_mtime_ns
-    for overrides in (["infusion.freq=8"], ["skip_complete=false", "infusion.freq=8"],
-                      ["model=small", "infusion.freq=100000"]):
-        with pytest.raises(ConfigError, match=r"paths.output_dir: .* differs in .*infusion.freq: 4 -> (8|100000).*"
-                                              r"overwrite=true"):
+    for overrides in (
+        ["infusion.freq=8"],
+        ["skip_complete=false", "infusion.freq=8"],
+        ["model=small", "infusion.freq=100000"],
+    ):
+        with pytest.raises(
+            ConfigError,
+            match=r"paths.output_dir: .* differs in .*infusion.freq: 4 -> (8|100000).*"
+            r"overwrite=true",
+        ):
             train_script.train(make_cfg(*overrides, output_dir=folder))
     assert (folder / "results.json").stat().st_mtime_ns == stamp
     assert _record(folder)["config"]["infusion"]["freq"] == 4
@@ -64,8 +70,9 @@ def test_a_cut_off_run_is_not_resumed_by_other_settings_and_overwrite_starts_cle
 def test_settings_that_do_not_change_what_is_trained_may_differ_on_resume(make_cfg, tmp_path):
     folder = tmp_path / "run"
     train_script.train(make_cfg(output_dir=folder))
-    again = make_cfg("data.micro_batch_size=2", "eval.every_n_steps=8", "threads=2", "skip_complete=false",
-                     output_dir=folder)
+    again = make_cfg(
+        "data.micro_batch_size=2", "eval.every_n_steps=8", "threads=2", "skip_complete=false", output_dir=folder
+    )
     train_script.train(again)
     assert _record(folder)["status"] == "complete"
 
@@ -108,10 +115,13 @@ def test_an_added_key_that_nothing_reads_is_refused_with_the_nearest_one(tmp_pat
     assert not (tmp_path / "results.json").exists()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data=local"], "data.files: expected a value: this setting has no default"),
-    (["knowledge=wikidata"], "knowledge.files: expected a value: this setting has no default"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data=local"], "data.files: expected a value: this setting has no default"),
+        (["knowledge=wikidata"], "knowledge.files: expected a value: this setting has no default"),
+    ],
+)
 def test_a_setting_without_default_is_named(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
         train_script.train(make_cfg(*overrides))
@@ -128,7 +138,9 @@ def test_a_gpu_trainer_without_a_gpu_is_named(make_cfg):
 
 def test_evaluate_without_a_checkpoint_or_with_another_file_names_ckpt(tmp_path):
     done = _cli(script="evaluate.py")
-    assert done.returncode == 2 and "ckpt: expected a checkpoint file or an exported folder" in done.stderr + done.stdout
+    assert (
+        done.returncode == 2 and "ckpt: expected a checkpoint file or an exported folder" in done.stderr + done.stdout
+    )
     other = tmp_path / "notes.ckpt"
     other.write_text("not a checkpoint")
     done = _cli(f"ckpt={other}", script="evaluate.py")

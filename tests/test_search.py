@@ -25,20 +25,35 @@ from hydra_plugins.kinject_optuna.sweeper import FREQ, law_estimate, search_spac
 from kinject.errors import ConfigError
 from tests.conftest import ROOT, TINY
 
-REPORT = {"schema": "kinject.fit_law/1", "laws": [],
-          "models": [{"group": "tiny", "f_star": 8.0, "f_star_ci": [2.0, 2000.0], "message": "F* = 8"},
-                     {"group": "small", "f_star": None, "f_star_ci": None, "message": "no interior optimum: c <= 0"}]}
+REPORT = {
+    "schema": "kinject.fit_law/1",
+    "laws": [],
+    "models": [
+        {"group": "tiny", "f_star": 8.0, "f_star_ci": [2.0, 2000.0], "message": "F* = 8"},
+        {"group": "small", "f_star": None, "f_star_ci": None, "message": "no interior optimum: c <= 0"},
+    ],
+}
 
 
 def _search(root: Path, cache_dir: Path, n_trials: int, storage: Path) -> None:
     """The real CLI on the smoke preset, whose budget F = 2000 exceeds: that trial fails."""
     report = root / "report.json"
     report.write_text(json.dumps(REPORT))
-    command = [sys.executable, "train.py", "-m", *TINY, "experiment=[smoke,search_freq]",
-               "infusion.freq=tag(log, int(interval(1, 4096)))", f"paths.cache_dir={cache_dir}",
-               f"hydra.sweep.dir={root / 'sweep'}", "paths.output_dir=${hydra:runtime.output_dir}",
-               f"hydra.sweeper.storage=sqlite:///{storage}", f"hydra.sweeper.n_trials={n_trials}",
-               f"hydra.sweeper.law_report={report}", "hydra.sweeper.law_group=tiny"]
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        *TINY,
+        "experiment=[smoke,search_freq]",
+        "infusion.freq=tag(log, int(interval(1, 4096)))",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={root / 'sweep'}",
+        "paths.output_dir=${hydra:runtime.output_dir}",
+        f"hydra.sweeper.storage=sqlite:///{storage}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweeper.law_report={report}",
+        "hydra.sweeper.law_group=tiny",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -59,8 +74,9 @@ def test_a_search_stores_its_trials_and_each_is_a_normal_run(searched):
     trials = _trials(searched / "study.db")
     assert len(trials) == 4
     records = [json.loads(p.read_text()) for p in (searched / "sweep").rglob("results.json")]
-    by_freq = {r["infusion"]["freq"]: r["metrics"]["memorization/acc_token"]
-               for r in records if r["status"] == "complete"}
+    by_freq = {
+        r["infusion"]["freq"]: r["metrics"]["memorization/acc_token"] for r in records if r["status"] == "complete"
+    }
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert complete and {t.params[FREQ]: t.value for t in complete} == by_freq
     best = OmegaConf.load(searched / "sweep" / "optimization_results.yaml")
@@ -87,13 +103,25 @@ def test_a_rerun_continues_the_study_up_to_its_total(searched, tmp_path, cache_d
 
 
 def test_the_override_grammar_maps_to_optuna_distributions():
-    space, fixed = search_space(OverridesParser.create().parse_overrides([
-        "infusion.freq=tag(log, int(interval(1, 1024)))", "optim.lr=interval(0.0001, 0.01)",
-        "infusion.format=choice(statement, qa)", "seed=range(0, 10, 4)", "model=choice(tiny, small)", "model=small",
-        "tokens=8192"]))
-    assert space == {FREQ: IntDistribution(1, 1024, log=True), "optim.lr": FloatDistribution(0.0001, 0.01),
-                     "infusion.format": CategoricalDistribution(["statement", "qa"]),
-                     "seed": IntDistribution(0, 8, step=4)}
+    space, fixed = search_space(
+        OverridesParser.create().parse_overrides(
+            [
+                "infusion.freq=tag(log, int(interval(1, 1024)))",
+                "optim.lr=interval(0.0001, 0.01)",
+                "infusion.format=choice(statement, qa)",
+                "seed=range(0, 10, 4)",
+                "model=choice(tiny, small)",
+                "model=small",
+                "tokens=8192",
+            ]
+        )
+    )
+    assert space == {
+        FREQ: IntDistribution(1, 1024, log=True),
+        "optim.lr": FloatDistribution(0.0001, 0.01),
+        "infusion.format": CategoricalDistribution(["statement", "qa"]),
+        "seed": IntDistribution(0, 8, step=4),
+    }
     assert fixed == {"model": "model=small", "tokens": "tokens=8192"}
 
 
@@ -130,14 +158,22 @@ class ScoringLauncher:
 
     def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
         freqs = [int(dict(o.split("=", 1) for o in overrides)[FREQ]) for overrides in job_overrides]
-        return [JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=self.score(f))
-                for o, f in zip(job_overrides, freqs)]
+        return [
+            JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=self.score(f))
+            for o, f in zip(job_overrides, freqs)
+        ]
 
 
 def _sweep(tmp_path: Path, score: Callable[[int], float | tuple[float, ...]], **settings) -> optuna.Study:
-    conf = OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), {
-        "study_name": "fake", "storage": f"sqlite:///{tmp_path / 'fake.db'}",
-        "params": {FREQ: "tag(log, int(interval(1, 256)))"}, **settings})
+    conf = OmegaConf.merge(
+        OmegaConf.structured(OptunaSweeperConf),
+        {
+            "study_name": "fake",
+            "storage": f"sqlite:///{tmp_path / 'fake.db'}",
+            "params": {FREQ: "tag(log, int(interval(1, 256)))"},
+            **settings,
+        },
+    )
     sweeper = instantiate(conf)
     sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     sweeper.launcher = ScoringLauncher(score)

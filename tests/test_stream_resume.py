@@ -41,11 +41,23 @@ class Recorder(L.LightningModule):
 
 def _fit(experiment, module: Recorder, root, ckpt_path=None) -> None:
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=STEPS, accumulate_grad_batches=experiment.budget.accumulation,
-        logger=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(root), plugins=[AtomicCheckpointIO()],
-        callbacks=[ModelCheckpoint(dirpath=root, filename="last", every_n_train_steps=2, save_top_k=1,
-                                   enable_version_counter=False)],
+        accelerator="cpu",
+        devices=1,
+        max_steps=STEPS,
+        accumulate_grad_batches=experiment.budget.accumulation,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=root, filename="last", every_n_train_steps=2, save_top_k=1, enable_version_counter=False
+            )
+        ],
     )
     trainer.fit(module, datamodule=experiment.datamodule, ckpt_path=ckpt_path)
 
@@ -58,8 +70,14 @@ def _assert_is_the_pure_stream(seen: dict[int, torch.Tensor], reference, indices
 
 @pytest.mark.parametrize("workers, budget", [(0, "fixed_total"), (2, "fixed_total"), (0, "fixed_background")])
 def test_stopped_and_resumed_run_sees_the_uninterrupted_token_sequence(make_cfg, fineweb, tmp_path, workers, budget):
-    cfg = local(make_cfg, fineweb[0], f"data.num_workers={workers}", f"tokens={STEPS * 8 * 64}", "infusion.freq=1",
-                f"infusion.budget={budget}")
+    cfg = local(
+        make_cfg,
+        fineweb[0],
+        f"data.num_workers={workers}",
+        f"tokens={STEPS * 8 * 64}",
+        "infusion.freq=1",
+        f"infusion.budget={budget}",
+    )
     batch = prepare(cfg).budget.batch_size
     reference = prepare(cfg).datamodule.dataset
 
@@ -85,8 +103,9 @@ def test_stopped_and_resumed_run_sees_the_uninterrupted_token_sequence(make_cfg,
         lane = position.lane
         g, j = divmod(lane, batch)
         last = ((position.chunk - 1) * replay.groups + g) * batch + j
-        assert np.array_equal(replay.chunk(last, dataset.lengths)[1], row), \
+        assert np.array_equal(replay.chunk(last, dataset.lengths)[1], row), (
             "the saved position is the one after the last consumed chunk"
+        )
 
 
 def _consume(datamodule, start: int, steps: int, rank: int, world: int) -> dict[int, torch.Tensor]:

@@ -24,9 +24,17 @@ from tests.conftest import ROOT
 from train import build_module, build_trainer
 
 
-@pytest.mark.parametrize("name, tflops", [("NVIDIA H200", 989), ("NVIDIA H100 80GB HBM3", 989),
-                                          ("NVIDIA H100 PCIe", 756), ("NVIDIA A100-SXM4-80GB", 312),
-                                          ("NVIDIA L40S", 362), ("NVIDIA L4", 121)])
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H200", 989),
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA L40S", 362),
+        ("NVIDIA L4", 121),
+    ],
+)
 def test_dense_bf16_peaks_by_device_name(name, tflops):
     assert peak_flops(name) == tflops * 1e12
 

@@ -71,16 +71,27 @@ def test_a_crashed_run_resumes_to_the_same_result_as_an_uninterrupted_one(make_c
 
     a, b = _results(tmp_path / "straight"), _results(tmp_path / "crashed")
     assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-5)
-    weights = [torch.load(p / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-               for p in (tmp_path / "straight", tmp_path / "crashed")]
+    weights = [
+        torch.load(p / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for p in (tmp_path / "straight", tmp_path / "crashed")
+    ]
     for key in weights[0]:
         assert torch.allclose(weights[0][key], weights[1][key], atol=1e-5), key
 
 
 def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "train.py", "-m", *TINY, "infusion.freq=0,2", "optim.lr=0.002",
-               f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}", "paths.output_dir=${hydra:runtime.output_dir}"]
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        *TINY,
+        "infusion.freq=0,2",
+        "optim.lr=0.002",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={sweep}",
+        "paths.output_dir=${hydra:runtime.output_dir}",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = {r["infusion"]["freq"]: r for r in (json.loads(p.read_text()) for p in sweep.rglob("results.json"))}
@@ -90,22 +101,38 @@ def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
     header, rows = results.table([sweep])
     assert [row[header.index("freq")] for row in rows] == [0, 2]
     assert [rows[1][header.index(key)] for key in ("budget_mode", "packing", "window", "lr")] == [
-        "fixed_total", "scattered", "0.0-1.0", 0.002]
+        "fixed_total",
+        "scattered",
+        "0.0-1.0",
+        0.002,
+    ]
     assert rows[1][header.index("memorization/acc_token")] == records[2]["metrics"]["memorization/acc_token"]
 
-    rescored = evaluate(Path(records[2]["run"]["output_dir"]) / "checkpoints" / "last.ckpt",
-                        suites=["memorization_in_sequence"])
+    rescored = evaluate(
+        Path(records[2]["run"]["output_dir"]) / "checkpoints" / "last.ckpt", suites=["memorization_in_sequence"]
+    )
     (Path(records[2]["run"]["output_dir"]) / "in_sequence.json").write_text(json.dumps({"metrics": rescored.metrics}))
     header, rows = results.table([sweep], metrics_from="in_sequence.json")
     assert [row[header.index("freq")] for row in rows] == [2]
-    assert rows[0][header.index("memorization_in_sequence/acc_token")] == rescored.metrics["memorization_in_sequence/acc_token"]
+    assert (
+        rows[0][header.index("memorization_in_sequence/acc_token")]
+        == rescored.metrics["memorization_in_sequence/acc_token"]
+    )
     assert "memorization/acc_token" not in header
 
 
 def test_a_failed_job_does_not_stop_the_sweep_and_a_rerun_redoes_only_it(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "train.py", "-m", *TINY, "infusion.freq=2,999", f"paths.cache_dir={cache_dir}",
-               f"hydra.sweep.dir={sweep}", "paths.output_dir=${hydra:runtime.output_dir}"]
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        *TINY,
+        "infusion.freq=2,999",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={sweep}",
+        "paths.output_dir=${hydra:runtime.output_dir}",
+    ]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode != 0
     assert "1 job(s) failed" in first.stdout and "infusion.freq=999" in first.stdout
@@ -121,8 +148,13 @@ def test_a_failed_job_does_not_stop_the_sweep_and_a_rerun_redoes_only_it(tmp_pat
 
 
 def test_paper_sizes_resolve_without_training():
-    done = subprocess.run([sys.executable, "train.py", "model=562m", "infusion.freq=100", "--cfg", "job"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "train.py", "model=562m", "infusion.freq=100", "--cfg", "job"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "hidden_size: 1280" in done.stdout and "freq: 100" in done.stdout
 
@@ -134,9 +166,20 @@ def test_unknown_model_name_is_a_clear_error():
 
 
 def test_bad_config_exits_before_training_with_the_key_named(tmp_path, cache_dir):
-    done = subprocess.run([sys.executable, "train.py", *TINY, f"paths.cache_dir={cache_dir}",
-                           f"paths.output_dir={tmp_path}", "infusion.freq=-3"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *TINY,
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path}",
+            "infusion.freq=-3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "infusion.freq: expected an integer >= 0, got -3" in done.stdout + done.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
@@ -174,8 +217,12 @@ def test_each_job_gets_its_own_offline_wandb_run_and_finishes_it(make_cfg, tmp_p
 
 def _saved_steps(make_cfg, tmp_path, name: str, *overrides: str) -> list[int]:
     log = tmp_path / f"{name}.saves"
-    cfg = make_cfg(*overrides, "+callbacks.saves._target_=tests.helpers.RecordSaves", f"+callbacks.saves.path={log}",
-                   output_dir=tmp_path / name)
+    cfg = make_cfg(
+        *overrides,
+        "+callbacks.saves._target_=tests.helpers.RecordSaves",
+        f"+callbacks.saves.path={log}",
+        output_dir=tmp_path / name,
+    )
     train_script.train(cfg)
     return [int(line) for line in log.read_text().split()]
 
@@ -209,14 +256,27 @@ def test_progress_bar_follows_the_terminal_unless_set(make_cfg, monkeypatch):
     cfg = make_cfg("trainer.enable_progress_bar=null")
     experiment = prepare(cfg)
     for tty in (False, True):
-        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
         trainer = train_script.build_trainer(cfg, experiment, [], [])
         assert (trainer.progress_bar_callback is not None) == tty
 
 
 def test_show_batch_cli_prints_a_step_without_a_hydra_run(cache_dir):
     """Composed outside a Hydra run, as `python -m kinject.run.show_batch` does: no interpolation may need one."""
-    done = subprocess.run([sys.executable, "-m", "kinject.run.show_batch", "step=1", "experiment=smoke", "logger=none",
-                           f"paths.cache_dir={cache_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kinject.run.show_batch",
+            "step=1",
+            "experiment=smoke",
+            "logger=none",
+            f"paths.cache_dir={cache_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("step 1: sequences 8 to 15")

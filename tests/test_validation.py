@@ -56,12 +56,18 @@ def test_the_readme_table_is_the_rules():
     assert markdown() in (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (("data.batch_size=6", "data.micro_batch_size=4"), r"data\.batch_size: expected a multiple of data\.micro_batch_size x devices"),
-    (("model.vocab_size=100",), r"model\.vocab_size: expected at least the tokenizer's \d+ tokens"),
-    (("model.num_heads=3",), r"model\.num_heads: expected heads dividing hidden_size"),
-    (("knowledge.include=[]",), r"knowledge\.include: expected relation names among"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            ("data.batch_size=6", "data.micro_batch_size=4"),
+            r"data\.batch_size: expected a multiple of data\.micro_batch_size x devices",
+        ),
+        (("model.vocab_size=100",), r"model\.vocab_size: expected at least the tokenizer's \d+ tokens"),
+        (("model.num_heads=3",), r"model\.num_heads: expected heads dividing hidden_size"),
+        (("knowledge.include=[]",), r"knowledge\.include: expected relation names among"),
+    ],
+)
 def test_values_that_must_agree_with_each_other(make_cfg, overrides, match):
     with pytest.raises(ConfigError, match=match):
         prepare(make_cfg(*overrides))
@@ -79,7 +85,11 @@ def test_a_new_suite_is_one_registered_function_and_its_name(make_cfg, monkeypat
     monkeypatch.setitem(SUITES._entries, "first_five", lambda inputs: SUITES.get("memorization")(inputs)[:5])
     cfg = make_cfg("eval.suites=[memorization,first_five]", "metric=first_five/acc_token")
     assert len(prepare(cfg).evaluator.suites["first_five"].items) == 5
-    with pytest.raises(ConfigError, match="eval.suites: expected one of memorization, memorization_in_sequence, extraction, question, background, background_extraction, first_five"):
+    with pytest.raises(
+        ConfigError,
+        match="eval.suites: expected one of memorization, memorization_in_sequence, extraction, question, "
+        "background, background_extraction, first_five",
+    ):
         validate(make_cfg("eval.suites=[memorization,no_such_suite]"))
 
 

@@ -21,18 +21,39 @@ RELATIONS = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "knowledge" / 
 TRIPLES = [(f"Person {i}", "P19", city) for i, city in enumerate(["Oslo", "Lima", "Quito", "Accra", "Hanoi", "Oslo"])]
 COUNTRIES = ["Norway", "Peru", "Ghana", "Chile", "Japan", "Kenya"]
 TRIPLES += [(f"Person {i}", "P27", country) for i, country in enumerate(COUNTRIES)]
-TRIPLES += [("Person 0", "P27", "Chile"), ("Acme", "P159", "Oslo"), ("Zeta", "P159", "Lima"), ("Ion", "P159", "Quito"),
-            ("Umbra", "P159", "Accra")]
+TRIPLES += [
+    ("Person 0", "P27", "Chile"),
+    ("Acme", "P159", "Oslo"),
+    ("Zeta", "P159", "Lima"),
+    ("Ion", "P159", "Quito"),
+    ("Umbra", "P159", "Accra"),
+]
 
 
 def write(path: Path, layout: str) -> Path:
     if layout == "lama":
-        path.write_text("".join(json.dumps({"uuid": str(i), "sub_uri": f"Q{i}", "sub_label": s, "predicate_id": r,
-                                            "obj_uri": f"Q{100 + i}", "obj_label": o, "evidences": []}) + "\n"
-                                for i, (s, r, o) in enumerate(TRIPLES)))
+        path.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "uuid": str(i),
+                        "sub_uri": f"Q{i}",
+                        "sub_label": s,
+                        "predicate_id": r,
+                        "obj_uri": f"Q{100 + i}",
+                        "obj_label": o,
+                        "evidences": [],
+                    }
+                )
+                + "\n"
+                for i, (s, r, o) in enumerate(TRIPLES)
+            )
+        )
     elif layout == "csv":
-        path.write_text("subject_id,subject,relation,object\n" + "".join(f"Q{i},{s},{r},{o}\n"
-                                                                        for i, (s, r, o) in enumerate(TRIPLES)))
+        path.write_text(
+            "subject_id,subject,relation,object\n"
+            + "".join(f"Q{i},{s},{r},{o}\n" for i, (s, r, o) in enumerate(TRIPLES))
+        )
     else:
         path.write_text("\n".join(json.dumps({"subject": s, "relation": r, "object": o}) for s, r, o in TRIPLES) + "\n")
     return path
@@ -71,14 +92,24 @@ def test_distractors_are_never_another_true_object_of_the_subject(tmp_path):
         assert item.options[item.gold] == fact.object
 
 
-@pytest.mark.parametrize("content, name, match", [
-    ('{"subject": "A", "relation": "P19", "object": "Oslo"}\n\n{"subject": "B", "relation": "P19"\n', "t.jsonl",
-     r"t\.jsonl:3: expected a triple with labels"),
-    ('{"subject": "A", "relation": "P19", "object": "Oslo"}\n{"subject": "B", "relation": "P19", "object": ""}\n',
-     "t.jsonl", r"t\.jsonl:2: expected a triple"),
-    ("subject,relation,object\nA,P19,Oslo\nB,P19\n", "t.csv", r"t\.csv:3: expected a triple"),
-    ("A,P19,Oslo\n", "t.txt", r"knowledge\.files: expected files ending in \.jsonl, \.json, \.csv or \.tsv"),
-])
+@pytest.mark.parametrize(
+    "content, name, match",
+    [
+        (
+            '{"subject": "A", "relation": "P19", "object": "Oslo"}\n\n{"subject": "B", "relation": "P19"\n',
+            "t.jsonl",
+            r"t\.jsonl:3: expected a triple with labels",
+        ),
+        (
+            '{"subject": "A", "relation": "P19", "object": "Oslo"}\n'
+            '{"subject": "B", "relation": "P19", "object": ""}\n',
+            "t.jsonl",
+            r"t\.jsonl:2: expected a triple",
+        ),
+        ("subject,relation,object\nA,P19,Oslo\nB,P19\n", "t.csv", r"t\.csv:3: expected a triple"),
+        ("A,P19,Oslo\n", "t.txt", r"knowledge\.files: expected files ending in \.jsonl, \.json, \.csv or \.tsv"),
+    ],
+)
 def test_malformed_triple_files_name_the_file_and_line(tmp_path, content, name, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(ConfigError, match=match):
@@ -103,11 +134,14 @@ def test_bad_knowledge_configs_are_clear_errors(tmp_path):
 
 def test_wikidata_facts_are_injected_and_asked_like_synthetic_ones(make_cfg, tmp_path):
     files = write(tmp_path / "t.jsonl", "jsonl")
-    experiment = prepare(make_cfg("knowledge=wikidata", f"knowledge.files={files}", "knowledge.num_facts=9",
-                                  "infusion.freq=2"))
+    experiment = prepare(
+        make_cfg("knowledge=wikidata", f"knowledge.files={files}", "knowledge.num_facts=9", "infusion.freq=2")
+    )
     dataset = experiment.datamodule.dataset
-    injected = "".join(experiment.tokenizer.decode(dataset[i]["input_ids"][: int(dataset[i]["injected"])])
-                       for i in range(experiment.budget.sequences))
+    injected = "".join(
+        experiment.tokenizer.decode(dataset[i]["input_ids"][: int(dataset[i]["injected"])])
+        for i in range(experiment.budget.sequences)
+    )
     for fact in experiment.knowledge.facts:
         assert injected.count(render(experiment.knowledge, fact, 0, experiment.infusion)) == 2
     assert {"memorization", "extraction"} <= set(experiment.evaluator.suites)

@@ -78,8 +78,11 @@ def law_estimate(report: Mapping[str, Any], group: str | None) -> tuple[float, S
     if group is None:
         predictions = [p for law in report["laws"] for p in law.get("predictions", [])]
         if len(predictions) != 1:
-            raise ConfigError("hydra.sweeper.law_group", f"a model group of the report, one of {groups}",
-                              hint=f"the report holds {len(predictions)} predictions, so none is taken by default")
+            raise ConfigError(
+                "hydra.sweeper.law_group",
+                f"a model group of the report, one of {groups}",
+                hint=f"the report holds {len(predictions)} predictions, so none is taken by default",
+            )
         f_star, interval, why = predictions[0]["f_star"], predictions[0]["interval"], "no F* predicted"
     else:
         model = next((m for m in report["models"] if m["group"] == group), None)
@@ -98,8 +101,9 @@ def _snap(value: float, space: Numeric) -> float:
     return value
 
 
-def warm_start_points(f_star: float, interval: Sequence[float | None] | None, count: int,
-                      space: Numeric) -> list[float]:
+def warm_start_points(
+    f_star: float, interval: Sequence[float | None] | None, count: int, space: Numeric
+) -> list[float]:
     """F*, the ends of its interval (an open end stands for the search bound), then the midpoints of
     the widest gaps on a log(1 + F) scale: snapped into the search space, never twice the same."""
     lo, hi = interval or (None, None)
@@ -107,8 +111,9 @@ def warm_start_points(f_star: float, interval: Sequence[float | None] | None, co
     points = list(dict.fromkeys(_snap(value, space) for value in anchors))
     while len(points) < count:
         ordered = sorted(points)
-        widest_first = sorted(zip(ordered, ordered[1:]), key=lambda gap: math.log1p(gap[1]) - math.log1p(gap[0]),
-                              reverse=True)
+        widest_first = sorted(
+            zip(ordered, ordered[1:]), key=lambda gap: math.log1p(gap[1]) - math.log1p(gap[0]), reverse=True
+        )
         middles = (_snap(math.expm1((math.log1p(a) + math.log1p(b)) / 2), space) for a, b in widest_first)
         fresh = next((m for m in middles if m not in points), None)
         if fresh is None:
@@ -126,17 +131,29 @@ def fitted_optimum(study: optuna.Study) -> float | None:
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if FREQ in t.params]
     freq = np.array([t.params[FREQ] for t in trials], float)
     acc = np.array([t.value for t in trials], float)
-    fit = fit_curve(Curve(freq=freq, acc=acc, n_items=np.full(freq.size, np.nan)), n_boot=0,
-                    rng=np.random.default_rng(0))
+    fit = fit_curve(
+        Curve(freq=freq, acc=acc, n_items=np.full(freq.size, np.nan)), n_boot=0, rng=np.random.default_rng(0)
+    )
     return fit.plain.f_star if fit.plain else None
 
 
 class OptunaSweeper(Sweeper):
     """Asks Optuna for a batch of trials, launches them as Hydra jobs, tells it their results."""
 
-    def __init__(self, n_trials: int, n_jobs: int, direction: str | Sequence[str], study_name: str, storage: str,
-                 sampler: Mapping[str, Any], law_report: str | None, law_group: str | None,
-                 warm_start_trials: int, law_refit: bool, params: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        n_trials: int,
+        n_jobs: int,
+        direction: str | Sequence[str],
+        study_name: str,
+        storage: str,
+        sampler: Mapping[str, Any],
+        law_report: str | None,
+        law_group: str | None,
+        warm_start_trials: int,
+        law_refit: bool,
+        params: Mapping[str, str],
+    ) -> None:
         if n_jobs < 1:
             raise ConfigError("hydra.sweeper.n_jobs", "at least 1 trial per batch", n_jobs)
         self.n_trials = n_trials
@@ -156,7 +173,8 @@ class OptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None
@@ -168,8 +186,14 @@ class OptunaSweeper(Sweeper):
         study = self._study()
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
         remaining = self.n_trials - finished
-        log.info("study %s (%s): %d of %d trials finished, %d to run", self.study_name, self.storage, finished,
-                 self.n_trials, max(remaining, 0))
+        log.info(
+            "study %s (%s): %d of %d trials finished, %d to run",
+            self.study_name,
+            self.storage,
+            finished,
+            self.n_trials,
+            max(remaining, 0),
+        )
         if remaining > 0:
             self._warm_start(study, space)
         while remaining > 0:
@@ -184,8 +208,9 @@ class OptunaSweeper(Sweeper):
         url = make_url(self.storage)
         if url.get_backend_name() == "sqlite" and url.database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(storage=self.storage, study_name=self.study_name, directions=self.directions,
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            storage=self.storage, study_name=self.study_name, directions=self.directions, load_if_exists=True
+        )
         seed = self.sampler.get("seed")
         # A re-run seeds past the stored trials: it continues the search instead of replaying its first draws.
         study.sampler = instantiate(self.sampler, **({} if seed is None else {"seed": seed + len(study.trials)}))
@@ -197,8 +222,9 @@ class OptunaSweeper(Sweeper):
         freq = space.get(FREQ)
         if not isinstance(freq, Numeric):
             if self.law_report:
-                raise ConfigError("hydra.sweeper.params", f"{FREQ} searched over an interval for a law-informed start",
-                                  freq)
+                raise ConfigError(
+                    "hydra.sweeper.params", f"{FREQ} searched over an interval for a law-informed start", freq
+                )
             return
         if self.law_report:
             estimate = law_estimate(json.loads(Path(self.law_report).read_text()), self.law_group)
@@ -228,8 +254,12 @@ class OptunaSweeper(Sweeper):
         """Logs the best trial (with several objectives the Pareto set) and writes it to
         optimization_results.yaml, as hydra-optuna-sweeper does."""
         best = study.best_trials
-        summary: dict[str, Any] = {"name": "optuna", "study_name": self.study_name, "storage": self.storage,
-                                   "directions": self.directions}
+        summary: dict[str, Any] = {
+            "name": "optuna",
+            "study_name": self.study_name,
+            "storage": self.storage,
+            "directions": self.directions,
+        }
         if len(self.directions) > 1:
             summary["solutions"] = [{"number": t.number, "params": t.params, "values": t.values} for t in best]
         elif best:

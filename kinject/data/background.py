@@ -19,8 +19,9 @@ can be recomputed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import astuple, dataclass, replace
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -93,7 +94,6 @@ class BackgroundStream:
         return self.filtered
 
 
-
 @dataclass
 class LanePosition:
     """Where a lane resumes (next chunk; unit, row and token to continue from) and what its filter counted."""
@@ -124,8 +124,17 @@ def _pass_order(seed: int, units: int, epoch: int) -> np.ndarray:
 class LaneStream:
     """The background as lanes of packed chunks (see the module docstring); a `Background`."""
 
-    def __init__(self, corpus: Corpus, units: list[Unit], tokenizer, mentions: MentionFilter, seq_len: int,
-                 batch_size: int, groups: int, seed: int) -> None:
+    def __init__(
+        self,
+        corpus: Corpus,
+        units: list[Unit],
+        tokenizer,
+        mentions: MentionFilter,
+        seq_len: int,
+        batch_size: int,
+        groups: int,
+        seed: int,
+    ) -> None:
         self.corpus = corpus
         self.units = units
         self.tokenizer = tokenizer

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 from urllib.parse import urlparse
 
 import fsspec
@@ -45,7 +45,9 @@ def _check_hub(repo: str, name: str, timeout: float = 5.0) -> None:
     if reason:
         folder = _hub_folder(name)
         raise ConfigError(
-            "data.source", f"network access to the Hub for data=fineweb_edu ({repo}, {name})", reason,
+            "data.source",
+            f"network access to the Hub for data=fineweb_edu ({repo}, {name})",
+            reason,
             hint=f"Without network, download a copy elsewhere (hf download {repo} --repo-type dataset --include "
             f"'{folder}/*' --local-dir DIR), then run with data=local data.files='DIR/{folder}/**/*.parquet'",
         )
@@ -92,8 +94,12 @@ class Corpus:
             schema = parquet.schema_arrow
             column = schema.field(self.text_column).type if self.text_column in schema.names else None
             if column is None or not (pa.types.is_string(column) or pa.types.is_large_string(column)):
-                raise ConfigError(path, f"a string column '{self.text_column}' (FineWeb-Edu's text)", schema.names,
-                                  hint="set data.text_column")
+                raise ConfigError(
+                    path,
+                    f"a string column '{self.text_column}' (FineWeb-Edu's text)",
+                    schema.names,
+                    hint="set data.text_column",
+                )
             meta = parquet.metadata
             return [Unit(path, kind, g) for g in range(meta.num_row_groups) if meta.row_group(g).num_rows]
         fs, inner = fsspec.core.url_to_fs(path)

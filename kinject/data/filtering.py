@@ -7,8 +7,8 @@ hit counts only on word boundaries, so "Paris" matches "in Paris," but not "comp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import ahocorasick
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -42,17 +43,25 @@ BACKGROUND_SOURCES: Registry[BackgroundSource] = Registry("data.source")
 
 
 @BACKGROUND_SOURCES.register("synthetic")
-def synthetic(cfg: DictConfig, world: Callable[[], World], mentions: MentionFilter, budget: Budget) -> PreparedBackground:
+def synthetic(
+    cfg: DictConfig, world: Callable[[], World], mentions: MentionFilter, budget: Budget
+) -> PreparedBackground:
     """The embedded world's documents, tokenized once (the filter has nothing to drop there)."""
     documents, heldout = world().documents()
     tokenizer = tokenizers.build(cfg.data.tokenizer, documents, cfg.paths.cache_dir)
     encoded = encode_documents(tokenizer, documents)
     dropped = [mentions.mentions(d) for d in documents]
     kept = [doc for doc, drop in zip(encoded, dropped) if not drop]
-    stats = FilterStats(len(documents), sum(map(len, kept)), sum(dropped),
-                        sum(len(doc) for doc, drop in zip(encoded, dropped) if drop))
-    log.info("filter (%s) dropped %d of %d background documents (%d tokens)", mentions.mode,
-             stats.dropped_documents, stats.documents, stats.dropped_tokens)
+    stats = FilterStats(
+        len(documents), sum(map(len, kept)), sum(dropped), sum(len(doc) for doc, drop in zip(encoded, dropped) if drop)
+    )
+    log.info(
+        "filter (%s) dropped %d of %d background documents (%d tokens)",
+        mentions.mode,
+        stats.dropped_documents,
+        stats.documents,
+        stats.dropped_tokens,
+    )
     stream = BackgroundStream(kept, seed=int(cfg.seed), seq_len=budget.seq_len, filtered=stats)
     return PreparedBackground(tokenizer, stream, [d for d in heldout if not mentions.mentions(d)], world())
 
@@ -64,8 +73,9 @@ def local(cfg: DictConfig, world: Callable[[], World], mentions: MentionFilter, 
 
 
 @BACKGROUND_SOURCES.register("fineweb_edu")
-def fineweb_edu(cfg: DictConfig, world: Callable[[], World], mentions: MentionFilter,
-                budget: Budget) -> PreparedBackground:
+def fineweb_edu(
+    cfg: DictConfig, world: Callable[[], World], mentions: MentionFilter, budget: Budget
+) -> PreparedBackground:
     """FineWeb-Edu read from the Hub, row group by row group."""
     return _streamed(cfg, hub_files(cfg.data.repo, cfg.data.name), mentions, budget)
 
@@ -77,17 +87,26 @@ def _streamed(cfg: DictConfig, files: list[str], mentions: MentionFilter, budget
     corpus.check()
     held = data.heldout_units
     if not isinstance(held, int) or not 0 <= held < len(corpus.units):
-        raise ConfigError("data.heldout_units", f"0 to {len(corpus.units) - 1}: the corpus has {len(corpus.units)} "
-                          f"units (parquet row groups, or blocks of data.block_bytes={data.block_bytes} bytes of "
-                          "JSON-lines and text files)", held, hint="with small files, lower data.block_bytes so "
-                          "that some units are left to train on, or set data.heldout_units=0")
+        raise ConfigError(
+            "data.heldout_units",
+            f"0 to {len(corpus.units) - 1}: the corpus has {len(corpus.units)} "
+            f"units (parquet row groups, or blocks of data.block_bytes={data.block_bytes} bytes of "
+            "JSON-lines and text files)",
+            held,
+            hint="with small files, lower data.block_bytes so "
+            "that some units are left to train on, or set data.heldout_units=0",
+        )
     train, heldout = corpus.units[: len(corpus.units) - held], corpus.units[len(corpus.units) - held :]
     sample = itertools.islice(corpus.texts(train), int(data.tokenizer.train_docs))
     tokenizer = tokenizers.build(data.tokenizer, sample, cfg.paths.cache_dir)
     groups = int(data.lane_groups)
     workers = int(data.num_workers)
     if workers > 1 and (groups * budget.accumulation) % workers:
-        raise ConfigError("data.num_workers", f"a divisor of data.lane_groups x gradient accumulation "
-                          f"({groups} x {budget.accumulation}), so that each lane is read by one worker", workers)
+        raise ConfigError(
+            "data.num_workers",
+            f"a divisor of data.lane_groups x gradient accumulation "
+            f"({groups} x {budget.accumulation}), so that each lane is read by one worker",
+            workers,
+        )
     lanes = LaneStream(corpus, train, tokenizer, mentions, budget.seq_len, budget.batch_size, groups, int(cfg.seed))
     return PreparedBackground(tokenizer, lanes, (text for text in corpus.texts(heldout) if not mentions.mentions(text)))

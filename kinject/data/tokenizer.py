@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from filelock import FileLock
@@ -65,8 +65,12 @@ def load_hub(name: str) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as error:
-        raise ConfigError("data.tokenizer.name", "a tokenizer folder or a hub name this machine may download", name,
-                          hint=_refused(name, error)) from None
+        raise ConfigError(
+            "data.tokenizer.name",
+            "a tokenizer folder or a hub name this machine may download",
+            name,
+            hint=_refused(name, error),
+        ) from None
     if tokenizer.eos_token_id is None:
         raise ConfigError("data.tokenizer.name", "a tokenizer with an end-of-sequence token", name)
     return tokenizer
@@ -77,11 +81,15 @@ def _refused(name: str, error: OSError) -> str:
     while causes[-1].__cause__ is not None or causes[-1].__context__ is not None:
         causes.append(causes[-1].__cause__ or causes[-1].__context__)
     copy = UNGATED.get(name)
-    instead = (f"a local folder holding its files (data.tokenizer.name=/path/to/folder), an ungated copy of the same "
-               f"vocabulary{f' (data.tokenizer.name={copy})' if copy else ''}, or data.tokenizer.kind=bpe")
+    instead = (
+        f"a local folder holding its files (data.tokenizer.name=/path/to/folder), an ungated copy of the same "
+        f"vocabulary{f' (data.tokenizer.name={copy})' if copy else ''}, or data.tokenizer.kind=bpe"
+    )
     if any(isinstance(cause, GatedRepoError) or "gated repo" in str(cause) for cause in causes):
-        return (f"The hub refused it: {name} is a gated repository (accept its licence on huggingface.co, then "
-                f"`hf auth login` on this machine). Or use {instead}")
+        return (
+            f"The hub refused it: {name} is a gated repository (accept its licence on huggingface.co, then "
+            f"`hf auth login` on this machine). Or use {instead}"
+        )
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"The hub did not give it ({type(error).__name__}: {first_line}). Use {instead}"
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ContextManager, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -33,9 +34,9 @@ TRADEOFF = "tradeoff/score"
 @dataclass(frozen=True)
 class EncodedItems:
     items: list[Item]
-    ids: list[list[int]]           # one row per option, items x options
-    option_start: list[int]        # index of the first option token in each row
-    chars: np.ndarray              # option length in characters, items x options
+    ids: list[list[int]]  # one row per option, items x options
+    option_start: list[int]  # index of the first option token in each row
+    chars: np.ndarray  # option length in characters, items x options
 
 
 def encode_items(tokenizer, items: Sequence[Item]) -> EncodedItems:
@@ -87,14 +88,16 @@ def option_logprobs(model, encoded: EncodedItems, batch_items: int, pad_id: int)
         return np.zeros(shape), np.zeros(shape)
     items, real = _share(len(encoded.items))
     rows = (items[:, None] * n_options + np.arange(n_options)).ravel()
-    sums, counts = _option_logprobs(model, [encoded.ids[r] for r in rows], [encoded.option_start[r] for r in rows],
-                                    batch_items * n_options, pad_id)
+    sums, counts = _option_logprobs(
+        model, [encoded.ids[r] for r in rows], [encoded.option_start[r] for r in rows], batch_items * n_options, pad_id
+    )
     sums, counts = (_gathered(x.reshape(-1, n_options)[:real]) for x in (sums, counts))
     return sums.reshape(shape), counts.reshape(shape)
 
 
-def _option_logprobs(model, ids: list[list[int]], option_start: list[int], rows: int,
-                     pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def _option_logprobs(
+    model, ids: list[list[int]], option_start: list[int], rows: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
     device = next(model.parameters()).device
     sums, counts = [], []
     for lo in range(0, len(ids), rows):
@@ -151,8 +154,15 @@ class Evaluator:
     are the largest tensor of an evaluation, so it goes through a few sequences at a time.
     """
 
-    def __init__(self, tokenizer, suites: dict[str, Sequence[Item]], heldout: torch.Tensor, batch_items: int = 64,
-                 heldout_batch: int = 4, tradeoff_weight: float = 0.5):
+    def __init__(
+        self,
+        tokenizer,
+        suites: dict[str, Sequence[Item]],
+        heldout: torch.Tensor,
+        batch_items: int = 64,
+        heldout_batch: int = 4,
+        tradeoff_weight: float = 0.5,
+    ):
         self.pad_id = tokenizer.eos_token_id
         self.suites = {name: encode_items(tokenizer, items) for name, items in suites.items() if items}
         self.heldout = heldout
@@ -161,7 +171,7 @@ class Evaluator:
         self.tradeoff_weight = tradeoff_weight
 
     @torch.no_grad()
-    def __call__(self, model, precision: ContextManager | None = None) -> Evaluation:
+    def __call__(self, model, precision: AbstractContextManager | None = None) -> Evaluation:
         """Every rank calls this together under torch.distributed; `precision` is the run's autocast."""
         with precision or contextlib.nullcontext():
             return self._evaluate(model)
@@ -208,7 +218,9 @@ class Evaluator:
         for lo in range(0, len(rows), self.heldout_batch):
             batch = self.heldout[torch.from_numpy(rows[lo : lo + self.heldout_batch])].to(device)
             logits = model(input_ids=batch).logits.float()
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="none")
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="none"
+            )
             losses.append(loss.view(len(batch), -1).sum(-1).double().cpu())
         total = _gathered(torch.cat(losses).numpy()[:real]).sum()
         return float(total / (len(self.heldout) * (self.heldout.size(1) - 1)))

@@ -7,8 +7,8 @@ name in `eval.suites`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -23,10 +23,10 @@ from kinject.registry import Registry
 class SuiteInputs:
     knowledge: KnowledgeSet  # the injected facts
     infusion: InfusionConfig
-    seed: int                # distractors and gold positions of the injected facts' items (knowledge.seed)
-    world: World | None      # the synthetic world, when it is the background corpus
-    background_facts: int    # eval.background_facts
-    eval_seed: int           # which background facts, and their distractors (eval.seed)
+    seed: int  # distractors and gold positions of the injected facts' items (knowledge.seed)
+    world: World | None  # the synthetic world, when it is the background corpus
+    background_facts: int  # eval.background_facts
+    eval_seed: int  # which background facts, and their distractors (eval.seed)
     schedule: Schedule | None = None  # where the run places each exposure
 
 
@@ -38,8 +38,9 @@ SUITES: Registry[Suite] = Registry("eval.suites")
 def memorization(inputs: SuiteInputs) -> list[Item]:
     """The injected facts, asked in the form they were trained on."""
     knowledge = inputs.knowledge
-    return multiple_choice(knowledge, [memorization_prompt(knowledge, f, inputs.infusion) for f in knowledge.facts],
-                           inputs.seed)
+    return multiple_choice(
+        knowledge, [memorization_prompt(knowledge, f, inputs.infusion) for f in knowledge.facts], inputs.seed
+    )
 
 
 @SUITES.register("memorization_in_sequence")
@@ -50,8 +51,10 @@ def memorization_in_sequence(inputs: SuiteInputs) -> list[Item]:
     knowledge, schedule = inputs.knowledge, inputs.schedule
     if schedule is None or not len(schedule.fact):
         return []
-    contexts = [tuple(render(knowledge, knowledge.facts[g], k, inputs.infusion) for g, k in before)
-                for before in schedule.before_last(len(knowledge.facts))]
+    contexts = [
+        tuple(render(knowledge, knowledge.facts[g], k, inputs.infusion) for g, k in before)
+        for before in schedule.before_last(len(knowledge.facts))
+    ]
     prompts = [memorization_prompt(knowledge, f, inputs.infusion) for f in knowledge.facts]
     return multiple_choice(knowledge, prompts, inputs.seed, contexts=contexts)
 

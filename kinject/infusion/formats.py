@@ -3,8 +3,9 @@ registered by name (`infusion.format`), and the prompts that ask for it in the t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,8 +28,15 @@ class InfusionConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> InfusionConfig:
-        return cls(int(cfg["freq"]), cfg["format"], cfg["paraphrase"], int(cfg["seed"]), cfg["budget"],
-                   cfg.get("packing", "scattered"), _window(cfg.get("window", (0.0, 1.0))))
+        return cls(
+            int(cfg["freq"]),
+            cfg["format"],
+            cfg["paraphrase"],
+            int(cfg["seed"]),
+            cfg["budget"],
+            cfg.get("packing", "scattered"),
+            _window(cfg.get("window", (0.0, 1.0))),
+        )
 
 
 def _window(value: Any) -> tuple[float, float]:
@@ -36,8 +44,12 @@ def _window(value: Any) -> tuple[float, float]:
     pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
     numeric = len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
     if not numeric or not 0 <= pair[0] < pair[1] <= 1:
-        raise ConfigError("infusion.window", "[start, end], fractions of the run with 0 <= start < end <= 1",
-                          value, hint="e.g. infusion.window=[0,0.5] spreads the exposures over the first half")
+        raise ConfigError(
+            "infusion.window",
+            "[start, end], fractions of the run with 0 <= start < end <= 1",
+            value,
+            hint="e.g. infusion.window=[0,0.5] spreads the exposures over the first half",
+        )
     return float(pair[0]), float(pair[1])
 
 

@@ -59,20 +59,36 @@ def check_freq(freq: int, num_sequences: int, window: tuple[float, float] = (0.0
     """Refuses more exposures per fact than the window has sequences (each of the F slices needs one)."""
     lo, hi = window_sequences(window, num_sequences)
     if freq > hi - lo:
-        raise ConfigError("infusion.freq", f"at most the number of training sequences in infusion.window ({hi - lo})",
-                          freq, hint="raise tokens, widen infusion.window or lower infusion.freq")
+        raise ConfigError(
+            "infusion.freq",
+            f"at most the number of training sequences in infusion.window ({hi - lo})",
+            freq,
+            hint="raise tokens, widen infusion.window or lower infusion.freq",
+        )
 
 
 def check_block(needed: int, slice_sequences: int, num_facts: int, packing: str = "block") -> None:
     """Refuses a block longer than a slice: the k-th block must fit in the k-th of the window's F slices."""
     if needed > slice_sequences:
-        raise ConfigError("infusion.packing", f"blocks that fit the {slice_sequences} sequences of each of the F "
-                          "slices of the window", packing, hint=f"a block of {num_facts} facts takes {needed} "
-                          "sequences; lower infusion.freq or knowledge.num_facts, raise tokens or widen infusion.window")
+        raise ConfigError(
+            "infusion.packing",
+            f"blocks that fit the {slice_sequences} sequences of each of the F slices of the window",
+            packing,
+            hint=f"a block of {num_facts} facts takes {needed} "
+            "sequences; lower infusion.freq or knowledge.num_facts, raise tokens or widen infusion.window",
+        )
 
 
-def plan(num_facts: int, freq: int, num_sequences: int, seed: int, window: tuple[float, float] = (0.0, 1.0),
-         packing: str = "scattered", lengths: np.ndarray | None = None, seq_len: int = 0) -> Schedule:
+def plan(
+    num_facts: int,
+    freq: int,
+    num_sequences: int,
+    seed: int,
+    window: tuple[float, float] = (0.0, 1.0),
+    packing: str = "scattered",
+    lengths: np.ndarray | None = None,
+    seq_len: int = 0,
+) -> Schedule:
     """The blocks need `lengths[k, f]`, the tokens of fact f's k-th exposure, to pack each one into `seq_len`."""
     check_freq(freq, num_sequences, window)
     rng = np.random.default_rng([seed, freq, num_facts, num_sequences])

@@ -4,8 +4,8 @@ Sequence i of the run is a pure function of (config, seed, i): the facts the sch
 (each as its own document, EOS first, as the evaluation prompts begin; a block is such documents
 back to back), then the rest of the i-th background chunk. Chunk i is the same at every
 F, but the injected texts displace its head: the total budget is fixed, so a run at higher F trains
-on less background (`Experiment.budget_summary` counts both). A run reads sequences by global index from its optimizer step on, which makes
-resume exact and the data per step the same for any number of devices.
+on less background (`Experiment.budget_summary` counts both). A run reads sequences by global index
+from its optimizer step on, which makes resume exact and the data per step the same for any number of devices.
 
 A background is either random access (the embedded world, tokenized once) or a set of streamed
 lanes (`kinject.data.background`); a streamed one reports, with every chunk, the position that resumes
@@ -16,7 +16,7 @@ ones Lightning has prefetched) for the checkpoint.
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import lightning as L
 import numpy as np
@@ -48,8 +48,9 @@ class ExposureTexts:
     def lengths(self) -> np.ndarray:
         """Tokens of each exposure: row k, column f is fact f's k-th (for packing them into blocks)."""
         per_exposure = variants(np.arange(self.infusion.freq), self.infusion).tolist()
-        return np.array([[len(self.tokens[(f, v)]) for f in range(self.num_facts)] for v in per_exposure],
-                        dtype=np.int64).reshape(len(per_exposure), self.num_facts)
+        return np.array(
+            [[len(self.tokens[(f, v)]) for f in range(self.num_facts)] for v in per_exposure], dtype=np.int64
+        ).reshape(len(per_exposure), self.num_facts)
 
 
 class InfusedSequences(Dataset):
@@ -58,8 +59,9 @@ class InfusedSequences(Dataset):
     background stream (the corpus held in memory, or the lane of a streamed one), which every F reads in the
     same order."""
 
-    def __init__(self, background: Background, schedule: Schedule, texts: ExposureTexts, seq_len: int,
-                 sequences: int) -> None:
+    def __init__(
+        self, background: Background, schedule: Schedule, texts: ExposureTexts, seq_len: int, sequences: int
+    ) -> None:
         self.background = background
         self.schedule = schedule
         self.seq_len = seq_len
@@ -163,8 +165,9 @@ class InfusionDataModule(L.LightningDataModule):
     def loader(self, start_step: int, rank: int = 0, world_size: int = 1) -> DataLoader:
         self.dataset.background.restore(self.positions)
         sampler = StepSampler(self.batch_size, self.micro_batch_size, rank, world_size, start_step)
-        return DataLoader(StepBatches(self.dataset, sampler), batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=False)
+        return DataLoader(
+            StepBatches(self.dataset, sampler), batch_size=None, num_workers=self.num_workers, persistent_workers=False
+        )
 
     def on_before_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
         """Called on the batch training is about to use, never on a prefetched one."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -127,7 +128,10 @@ class Item:
 
 
 def multiple_choice(
-    knowledge: KnowledgeSet, prompts: Sequence[str], seed: int, facts: Sequence[Fact] | None = None,
+    knowledge: KnowledgeSet,
+    prompts: Sequence[str],
+    seed: int,
+    facts: Sequence[Fact] | None = None,
     contexts: Sequence[tuple[str, ...]] | None = None,
 ) -> list[Item]:
     """Items whose distractors and gold position depend only on the seed and the fact.

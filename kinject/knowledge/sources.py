@@ -7,7 +7,7 @@ on first use (only the sources that need it pay for it). A new source is one fun
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 

@@ -15,9 +15,10 @@ import itertools
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,8 +65,12 @@ def _text(path: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}", "UTF-8 text", data[error.start : error.start + 8],
-                          hint="convert the file, e.g. iconv -f latin1 -t utf-8") from None
+        raise ConfigError(
+            f"{path}:{line}",
+            "UTF-8 text",
+            data[error.start : error.start + 8],
+            hint="convert the file, e.g. iconv -f latin1 -t utf-8",
+        ) from None
 
 
 def _triple(where: str, record: Any) -> Triple:
@@ -91,13 +96,15 @@ def sample(triples: Sequence[Triple], num_facts: int, seed: int) -> list[Fact]:
     pools = [[by_relation[r][i] for i in rng.permutation(len(by_relation[r]))] for r in sorted(by_relation)]
     picked = [t for t in itertools.chain.from_iterable(itertools.zip_longest(*pools)) if t is not None][:num_facts]
     if len(picked) < num_facts:
-        raise ConfigError("knowledge.num_facts",
-                          f"at most the {len(picked)} distinct triples of the included relations", num_facts)
+        raise ConfigError(
+            "knowledge.num_facts", f"at most the {len(picked)} distinct triples of the included relations", num_facts
+        )
     return [Fact(i, t.subject, t.relation, t.object) for i, t in enumerate(picked)]
 
 
-def load(files: str | Sequence[str], relations: Mapping[str, Any], include: Sequence[str] | None, num_facts: int,
-         seed: int) -> KnowledgeSet:
+def load(
+    files: str | Sequence[str], relations: Mapping[str, Any], include: Sequence[str] | None, num_facts: int, seed: int
+) -> KnowledgeSet:
     """The knowledge set of `knowledge=wikidata`: K sampled facts, their relations and distractor pools."""
     templates = parse_relations(relations, "knowledge.relations")
     triples = read_triples(expand(files, "knowledge.files"))
@@ -105,17 +112,26 @@ def load(files: str | Sequence[str], relations: Mapping[str, Any], include: Sequ
     chosen = sorted(include) if include is not None else sorted(present)
     missing = [r for r in chosen if r not in templates]
     if missing:
-        raise ConfigError("knowledge.relations", "templates for every relation of the triples", missing,
-                          hint="add them under knowledge.relations, or pick relations with knowledge.include")
+        raise ConfigError(
+            "knowledge.relations",
+            "templates for every relation of the triples",
+            missing,
+            hint="add them under knowledge.relations, or pick relations with knowledge.include",
+        )
     absent = [r for r in chosen if r not in present]
     if absent or not chosen:
-        raise ConfigError("knowledge.include", f"relations that the triple files hold, among {sorted(present)}",
-                          absent or chosen)
+        raise ConfigError(
+            "knowledge.include", f"relations that the triple files hold, among {sorted(present)}", absent or chosen
+        )
     triples = [t for t in triples if t.relation in chosen]
     truth: dict[tuple[str, str], set[str]] = defaultdict(set)
     candidates: dict[str, set[str]] = defaultdict(set)
     for t in triples:
         truth[(t.subject, t.relation)].add(t.object)
         candidates[t.relation].add(t.object)
-    return KnowledgeSet(sample(triples, num_facts, seed), {r: templates[r] for r in chosen},
-                        {r: sorted(objects) for r, objects in candidates.items()}, dict(truth))
+    return KnowledgeSet(
+        sample(triples, num_facts, seed),
+        {r: templates[r] for r in chosen},
+        {r: sorted(objects) for r, objects in candidates.items()},
+        dict(truth),
+    )

@@ -11,8 +11,9 @@ but never appear in a document, the synthetic analogue of the paper's corpus fil
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,14 @@ class WorldConfig:
         for kind, count in cfg["entities"].items():
             if not isinstance(count, int) or count < 4:
                 raise ConfigError(f"world.entities.{kind}", "an integer >= 4 (4 options per question)", count)
-        return cls(int(cfg["seed"]), int(cfg["people"]), int(cfg["docs_per_person"]), int(cfg["heldout_docs"]),
-                   dict(cfg["entities"]), dict(cfg["relations"]))
+        return cls(
+            int(cfg["seed"]),
+            int(cfg["people"]),
+            int(cfg["docs_per_person"]),
+            int(cfg["heldout_docs"]),
+            dict(cfg["entities"]),
+            dict(cfg["relations"]),
+        )
 
 
 class _Names:
@@ -118,18 +125,20 @@ class World:
             else:
                 suffixes = _SUFFIXES.get(kind, [""])
                 self.objects[kind] = [
-                    self._names.unique(lambda: self._names.stem() + str(rng.choice(suffixes))) for _ in range(count)
+                    self._names.unique(lambda s=suffixes: self._names.stem() + str(rng.choice(s))) for _ in range(count)
                 ]
         for name, relation in self.relations.items():
             if relation.object_type not in self.objects:
-                raise ConfigError(f"world.relations.{name}.object_type", f"one of {sorted(self.objects)}",
-                                  relation.object_type)
+                raise ConfigError(
+                    f"world.relations.{name}.object_type", f"one of {sorted(self.objects)}", relation.object_type
+                )
         self.people = [self._names.person() for _ in range(config.people)]
         self.facts = self._facts_about(self.people, rng)
         self.located_in = {city: str(rng.choice(self.objects["country"])) for city in self.objects.get("city", [])}
 
-    def _facts_about(self, people: list[str], rng: np.random.Generator,
-                     relations: list[str] | None = None) -> list[Fact]:
+    def _facts_about(
+        self, people: list[str], rng: np.random.Generator, relations: list[str] | None = None
+    ) -> list[Fact]:
         facts = []
         for person in people:
             for name in relations or self.relations:
@@ -161,7 +170,9 @@ class World:
             by_person.setdefault(fact.subject, []).append(fact)
         docs = [self._biography(by_person[p], rng) for _ in range(self.config.docs_per_person) for p in self.people]
         docs += [self._place(city, rng) for city in self.located_in for _ in range(self.config.docs_per_person // 4)]
-        heldout = [self._biography(by_person[str(rng.choice(self.people))], rng) for _ in range(self.config.heldout_docs)]
+        heldout = [
+            self._biography(by_person[str(rng.choice(self.people))], rng) for _ in range(self.config.heldout_docs)
+        ]
         return docs, heldout
 
     def _biography(self, facts: list[Fact], rng: np.random.Generator) -> str:

@@ -23,9 +23,14 @@ class Analysis:
     aicc_gate: bool = True
 
 
-def analyse(groups: Sequence[Group], n_boot: int = 2000, seed: int = 0,
-            targets: Sequence[tuple[float, float]] = (), delta: float = HUBER_DELTA,
-            aicc_gate: bool = True) -> Analysis:
+def analyse(
+    groups: Sequence[Group],
+    n_boot: int = 2000,
+    seed: int = 0,
+    targets: Sequence[tuple[float, float]] = (),
+    delta: float = HUBER_DELTA,
+    aicc_gate: bool = True,
+) -> Analysis:
     """Every group's P(F) fit, then one cross-size law per condition on the in-range optima. Without
     `aicc_gate` an optimum needs the shape test alone, as in issue #17's collapse rule; the paper, which
     compares with no monotone curve, would report one wherever b > 0 and c > 0."""
@@ -39,9 +44,17 @@ def analyse(groups: Sequence[Group], n_boot: int = 2000, seed: int = 0,
         members = [(g, f) for g, f in zip(groups, fits) if g.condition == condition]
         used = [(g, f) for g, f in members if f.in_range]
         boot = np.column_stack([f.f_star_boot for _, f in used]) if used else np.empty((n_boot, 0))
-        law = fit_across(condition, [g.label for g, _ in used], np.array([g.params for g, _ in used]),
-                         np.array([g.compute for g, _ in used]), np.array([f.f_star for _, f in used]),
-                         boot, targets, np.random.default_rng([seed, *(g.curve.digest() for g, _ in used)]), delta)
+        law = fit_across(
+            condition,
+            [g.label for g, _ in used],
+            np.array([g.params for g, _ in used]),
+            np.array([g.compute for g, _ in used]),
+            np.array([f.f_star for _, f in used]),
+            boot,
+            targets,
+            np.random.default_rng([seed, *(g.curve.digest() for g, _ in used)]),
+            delta,
+        )
         left_out = [g.label for g, f in members if not f.in_range]
         if left_out:
             law = replace(law, message=f"{law.message}; left out (no F* inside the sweep): {', '.join(left_out)}")

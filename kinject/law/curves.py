@@ -159,8 +159,9 @@ def _smoothed(acc: np.ndarray, n_items: np.ndarray, bounded: bool = True) -> tup
     return p, np.where(known, n / (p * (1 - p)), 1.0)
 
 
-def _loglinear(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, mult: np.ndarray,
-               floor: float, bounded: bool) -> np.ndarray:
+def _loglinear(
+    freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, mult: np.ndarray, floor: float, bounded: bool
+) -> np.ndarray:
     """log(P - floor) = log a + b log F - c F is linear: weighted least squares in closed form,
     batched over resamples (B, R); the start of the refinement."""
     p, w = _smoothed(acc, n_items, bounded)
@@ -172,8 +173,9 @@ def _loglinear(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, mult: np.
     return np.clip(theta, P_LOWER, P_UPPER)
 
 
-def _residuals(theta: np.ndarray, freq: np.ndarray, acc: np.ndarray, weight: np.ndarray,
-               floor: float) -> tuple[np.ndarray, np.ndarray]:
+def _residuals(
+    theta: np.ndarray, freq: np.ndarray, acc: np.ndarray, weight: np.ndarray, floor: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted residuals (B, R) and Jacobian (B, R, 3) of P = floor + a F^b exp(-cF) in P space."""
     log_f, scaled = np.log(freq), freq / freq.max()
     model = np.exp(theta[:, :1] + theta[:, 1:2] * log_f - theta[:, 2:] * scaled)
@@ -187,8 +189,14 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     return clipped * (np.abs(r) - clipped / 2)
 
 
-def _lm(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], theta: np.ndarray,
-        lower: np.ndarray, upper: np.ndarray, delta: float = np.inf, iters: int = 200) -> np.ndarray:
+def _lm(
+    fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    theta: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    delta: float = np.inf,
+    iters: int = 200,
+) -> np.ndarray:
     """Levenberg-Marquardt on a batch of independent problems at once (the bootstrap): scipy
     solves one problem per call, far too slow for thousands of resamples. Bounds by projection,
     a Huber loss by reweighting; the objective is the same as the one-off scipy fits."""
@@ -224,22 +232,27 @@ def _form(theta: np.ndarray, freq: np.ndarray, acc: np.ndarray, floor: float) ->
     return replace(fit, r2=float(1 - resid @ resid / (spread @ spread)) if spread.any() else np.nan)
 
 
-def fit_form(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, floor: float = 0.0,
-             bounded: bool = True) -> FormFit:
+def fit_form(
+    freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, floor: float = 0.0, bounded: bool = True
+) -> FormFit:
     """Closed-form start, refined by scipy's bounded trust-region least squares in P space
     (binomial weights): the log-linear fit alone over-weights runs near chance."""
     ones = np.ones((1, acc.size))
     start = _loglinear(freq, acc[None], n_items, ones, floor, bounded)[0]
     weight = _smoothed(acc, n_items, bounded)[1][None]
     res = optimize.least_squares(
-        lambda t: _residuals(t[None], freq, acc[None], weight, floor)[0][0], start,
+        lambda t: _residuals(t[None], freq, acc[None], weight, floor)[0][0],
+        start,
         jac=lambda t: _residuals(t[None], freq, acc[None], weight, floor)[1][0],
-        bounds=(P_LOWER, P_UPPER), method="trf")
+        bounds=(P_LOWER, P_UPPER),
+        method="trf",
+    )
     return _form(res.x, freq, acc, floor)
 
 
-def fit_form_batch(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, mult: np.ndarray,
-                   floor: float = 0.0, bounded: bool = True) -> np.ndarray:
+def fit_form_batch(
+    freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, mult: np.ndarray, floor: float = 0.0, bounded: bool = True
+) -> np.ndarray:
     """The estimator of fit_form on every resample (rows of acc, run multiplicities mult) at
     once; returns (B, 3) rows of (log a, b, c * F_max)."""
     start = _loglinear(freq, acc, n_items, mult, floor, bounded)
@@ -247,8 +260,7 @@ def fit_form_batch(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, mult:
     return _lm(lambda t: _residuals(t, freq, acc, weight, floor), start, P_LOWER, P_UPPER)
 
 
-def resample_acc(curve: Curve, n_boot: int, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray] | None:
+def resample_acc(curve: Curve, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
     """Bootstrap accuracies and run multiplicities, both (B, R); None if nothing varies.
 
     Replicate runs (seeds) are drawn with replacement within each F, so a seed missing at some F
@@ -310,8 +322,7 @@ def model_free_peak(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, boun
         return None
     w = _smoothed(acc, n_items, bounded)[1]
     w_sum = np.bincount(inverse, w)
-    spline = make_smoothing_spline(np.log(distinct), np.bincount(inverse, w * acc) / w_sum,
-                                   w=w_sum / w_sum.mean())
+    spline = make_smoothing_spline(np.log(distinct), np.bincount(inverse, w * acc) / w_sum, w=w_sum / w_sum.mean())
     grid = np.linspace(np.log(distinct[0]), np.log(distinct[-1]), 1001)
     peak = int(np.argmax(spline(grid)))
     return float(np.exp(grid[peak])) if 0 < peak < grid.size - 1 else None
@@ -334,20 +345,26 @@ def _missing(test: PeakTest, preferred: str, plain: FormFit, aicc_gate: bool) ->
     if test.rise <= 0:
         return f"P is highest at the smallest F swept ({top})"
     if test.fall <= 0:
-        return f"P is highest at the largest F swept ({hi})" if top == hi else \
-            f"P does not fall after its maximum ({top}; {hi})"
+        return (
+            f"P is highest at the largest F swept ({hi})"
+            if top == hi
+            else f"P does not fall after its maximum ({top}; {hi})"
+        )
     if test.p_rise is not None and test.p_rise >= ALPHA:
         return f"the rise to the maximum ({lo} to {top}) is within noise (p = {test.p_rise:.2g})"
     if test.p_fall is not None and test.p_fall >= ALPHA:
-        return (f"the fall after the maximum ({top} to {hi}) is within noise (p = {test.p_fall:.2g}, "
-                "bootstrap against the nearest monotone curve)")
+        return (
+            f"the fall after the maximum ({top} to {hi}) is within noise (p = {test.p_fall:.2g}, "
+            "bootstrap against the nearest monotone curve)"
+        )
     if aicc_gate and preferred != "rise-and-fall":
         return "a monotone saturating curve fits as well (AICc)"
     return None if plain.f_star else _no_optimum(plain)
 
 
-def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: bool = True,
-              aicc_gate: bool = True) -> CurveFit:
+def fit_curve(
+    curve: Curve, n_boot: int, rng: np.random.Generator, interval: bool = True, aicc_gate: bool = True
+) -> CurveFit:
     """The verdict (law.peak: a bootstrap shape test and a model comparison, which `aicc_gate=False` leaves
     out of it), both forms, F* with its bootstrap interval (unless `interval` is False: the verdict alone),
     the collapse point and a model-free check. F = 0 runs are the no-injection baseline: F^b is 0 there, so
@@ -358,8 +375,9 @@ def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: boo
     distinct = np.unique(freq)
     span = (float(distinct[0]), float(distinct[-1])) if distinct.size else None
     if distinct.size < 3:
-        return CurveFit("not fitted", f"needs at least 3 distinct frequencies F > 0, got {distinct.size}",
-                        span, baseline)
+        return CurveFit(
+            "not fitted", f"needs at least 3 distinct frequencies F > 0, got {distinct.size}", span, baseline
+        )
     if not curve.bounded and baseline is None:
         return CurveFit("not fitted", "an unbounded score needs F = 0 runs: their mean is its floor", span, None)
     floor = CHANCE if curve.bounded else baseline
@@ -372,18 +390,38 @@ def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: boo
     preferred = "rise-and-fall" if residuals[0] @ residuals[0] < residuals[1] @ residuals[1] else "saturating"
     drawn = resample_acc(curve, n_boot, rng) if n_boot else None
     test = peak_test(freq, acc, None if drawn is None else (drawn[0][:, pos], drawn[1][:, pos]))
-    notes = [] if drawn is not None else [
-        "no peak test: " + ("no resamples (--bootstrap 0)" if not n_boot
-                            else "no per-item outcomes, item counts or seeds to resample")]
+    notes = (
+        []
+        if drawn is not None
+        else [
+            "no peak test: "
+            + (
+                "no resamples (--bootstrap 0)"
+                if not n_boot
+                else "no per-item outcomes, item counts or seeds to resample"
+            )
+        ]
+    )
     verdict = dict(test=test, saturating=saturating, aicc=scores, preferred=preferred)
     missing = _missing(test, preferred, plain, aicc_gate)
     if missing:
-        return CurveFit("no interior optimum", f"no interior optimum: {missing}", span, baseline, plain, floored,
-                        notes=tuple(notes), **verdict)
+        return CurveFit(
+            "no interior optimum",
+            f"no interior optimum: {missing}",
+            span,
+            baseline,
+            plain,
+            floored,
+            notes=tuple(notes),
+            **verdict,
+        )
     model_free = model_free_peak(freq, acc, n_items, curve.bounded)
     if model_free is None:
-        notes.append("model-free peak: none inside the sweep" if distinct.size >= 5
-                     else "model-free peak: needs 5 or more frequencies")
+        notes.append(
+            "model-free peak: none inside the sweep"
+            if distinct.size >= 5
+            else "model-free peak: needs 5 or more frequencies"
+        )
     boot = np.full((n_boot, 3), np.nan)
     if drawn is not None and interval:
         theta = fit_form_batch(freq, drawn[0][:, pos], n_items, drawn[1][:, pos], plain.floor, curve.bounded)
@@ -394,15 +432,17 @@ def fit_curve(curve: Curve, n_boot: int, rng: np.random.Generator, interval: boo
     return replace(fit, notes=tuple(notes))
 
 
-def simulate_runs(freqs: np.ndarray, p: np.ndarray, n_items: int, rng: np.random.Generator, seeds: int = 1,
-                  seed_sd: float = 0.0) -> Curve:
+def simulate_runs(
+    freqs: np.ndarray, p: np.ndarray, n_items: int, rng: np.random.Generator, seeds: int = 1, seed_sd: float = 0.0
+) -> Curve:
     """Runs of a known P(F): each seed moves P at each F by N(0, seed_sd) (training noise), then each
     fact is correct with that probability; the same facts at every F and seed, as in a sweep."""
     noisy = np.clip(p[None] + rng.normal(0, seed_sd, (seeds, freqs.size)) if seed_sd else np.tile(p, (seeds, 1)), 0, 1)
     outcomes = (rng.random((seeds, freqs.size, n_items)) < noisy[..., None]).astype(float).reshape(-1, n_items)
     runs = np.arange(seeds * freqs.size)
-    return Curve(np.tile(freqs, seeds).astype(float), outcomes.mean(1), np.full(runs.size, float(n_items)),
-                 ((runs, outcomes),))
+    return Curve(
+        np.tile(freqs, seeds).astype(float), outcomes.mean(1), np.full(runs.size, float(n_items)), ((runs, outcomes),)
+    )
 
 
 def falling_curve(freqs: np.ndarray, peak: float, f_star: float, fall: float) -> np.ndarray:
@@ -412,7 +452,15 @@ def falling_curve(freqs: np.ndarray, peak: float, f_star: float, fall: float) ->
     return peak * (freqs / f_star) ** b * np.exp(-b * (freqs / f_star - 1))
 
 
-def simulate_curve(a: float, b: float, c: float, freqs: np.ndarray, n_items: int,
-                   rng: np.random.Generator, seeds: int = 1, seed_sd: float = 0.0) -> Curve:
+def simulate_curve(
+    a: float,
+    b: float,
+    c: float,
+    freqs: np.ndarray,
+    n_items: int,
+    rng: np.random.Generator,
+    seeds: int = 1,
+    seed_sd: float = 0.0,
+) -> Curve:
     """Runs drawn from the fitted model itself: the null the fits assume, for recovery tests and the benchmark."""
     return simulate_runs(freqs, np.clip(a * freqs**b * np.exp(-c * freqs), 0, 1), n_items, rng, seeds, seed_sd)

@@ -90,8 +90,9 @@ class Saturating:
         return self.floor + (self.top - self.floor) * -np.expm1(-((freq / self.f0) ** self.k))
 
 
-def fit_saturating(freq: np.ndarray, values: np.ndarray, weight: np.ndarray, floor: float,
-                   top_max: float | None) -> Saturating:
+def fit_saturating(
+    freq: np.ndarray, values: np.ndarray, weight: np.ndarray, floor: float, top_max: float | None
+) -> Saturating:
     """Weighted least squares over (top, log F0, log k); `top_max` bounds an accuracy at 1."""
     root = np.sqrt(weight)
     log_f = np.log(freq)
@@ -109,8 +110,13 @@ def fit_saturating(freq: np.ndarray, values: np.ndarray, weight: np.ndarray, flo
     upper = [top_max if top_max is not None else high + 10 * (high - floor) + 1, log_f.max() + 5, np.log(20)]
     lower = [floor, log_f.min() - 5, np.log(0.05)]
     starts = [(min(high, upper[0]), np.median(log_f), 0.0), (min(high, upper[0]), log_f.min(), np.log(0.5))]
-    best = min((optimize.least_squares(residuals, np.clip(s, lower, upper), jac=jacobian, bounds=(lower, upper)) for s in starts),
-               key=lambda r: r.cost)
+    best = min(
+        (
+            optimize.least_squares(residuals, np.clip(s, lower, upper), jac=jacobian, bounds=(lower, upper))
+            for s in starts
+        ),
+        key=lambda r: r.cost,
+    )
     return Saturating(floor, float(best.x[0]), float(np.exp(best.x[1])), float(np.exp(best.x[2])))
 
 

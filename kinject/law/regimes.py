@@ -23,8 +23,14 @@ from kinject.law.curves import fit_curve
 from kinject.law.peak import ALPHA
 from kinject.law.runs import TableError, load_runs, to_groups
 
-METRICS = ("memorization/acc_token", "memorization/margin", "extraction/acc_token", "extraction/margin",
-           "background/acc_token", "background/margin")
+METRICS = (
+    "memorization/acc_token",
+    "memorization/margin",
+    "extraction/acc_token",
+    "extraction/margin",
+    "background/acc_token",
+    "background/margin",
+)
 
 
 @dataclass(frozen=True)
@@ -81,27 +87,46 @@ def _setting(tokens: float, condition: tuple[tuple[str, str], ...], budgets: int
     return " ".join(([f"D={tokens:.3g}"] if budgets > 1 else []) + parts) or "(one setting)"
 
 
-def screen(dirs: Sequence[Path], metrics: Sequence[str], n_boot: int, seed: int,
-           models: Sequence[str] = (), tokens: float | None = None) -> list[Row]:
+def screen(
+    dirs: Sequence[Path],
+    metrics: Sequence[str],
+    n_boot: int,
+    seed: int,
+    models: Sequence[str] = (),
+    tokens: float | None = None,
+) -> list[Row]:
     """Every (setting, metric) row, in the order of `metrics`, of the runs of `models` whose D is within 1% of
     `tokens` (tokens=1_000_000 trains 999,424: whole steps); default: all runs."""
     rows = []
     for metric in metrics:
         table = load_runs(dirs, metric)
-        table.runs = [r for r in table.runs if (not models or r.model in models)
-                      and (tokens is None or abs(r.tokens - tokens) <= 0.01 * tokens)]
+        table.runs = [
+            r
+            for r in table.runs
+            if (not models or r.model in models) and (tokens is None or abs(r.tokens - tokens) <= 0.01 * tokens)
+        ]
         if not table.runs:
-            raise TableError(f"no runs of {', '.join(models) or 'any model'} at D = {tokens or 'any'} "
-                             f"in {', '.join(map(str, dirs))}")
+            raise TableError(
+                f"no runs of {', '.join(models) or 'any model'} at D = {tokens or 'any'} in {', '.join(map(str, dirs))}"
+            )
         groups = to_groups(table)
         budgets = len({g.tokens for g in groups})
         by_setting: dict[str, list[Verdict]] = {}
         for group in groups:
             fit = fit_curve(group.curve, n_boot, group.curve.rng(seed), interval=False)
             test = fit.test
-            by_setting.setdefault(_setting(group.tokens, group.condition, budgets), []).append(Verdict(
-                group.model, fit.status == "ok", fit.status, test and test.p_rise, test and test.p_fall,
-                test.peak_freq if test else None, len(group.curve.freq), fit.preferred))
+            by_setting.setdefault(_setting(group.tokens, group.condition, budgets), []).append(
+                Verdict(
+                    group.model,
+                    fit.status == "ok",
+                    fit.status,
+                    test and test.p_rise,
+                    test and test.p_fall,
+                    test.peak_freq if test else None,
+                    len(group.curve.freq),
+                    fit.preferred,
+                )
+            )
         rows += [Row(setting, metric, tuple(v)) for setting, v in by_setting.items()]
     return rows
 
@@ -111,14 +136,22 @@ def _p(value: float | None) -> str:
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    lines = ["| setting | metric | per size: interior optimum (p rise / p fall, F of the top mean) | collapse "
-             "(shape test, every size) | and by AICc |", "|---|---|---|---|---|"]
+    lines = [
+        "| setting | metric | per size: interior optimum (p rise / p fall, F of the top mean) | collapse "
+        "(shape test, every size) | and by AICc |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
-        cells = "; ".join(f"{v.model} {v.word()} ({_p(v.p_rise)} / {_p(v.p_fall)}, "
-                          f"top at F = {v.peak:g})" if v.peak is not None else f"{v.model} {v.status}"
-                          for v in row.verdicts)
-        lines.append(f"| {row.setting} | `{row.metric}` | {cells} | {'**yes**' if row.collapse else 'no'} | "
-                     f"{'**yes**' if row.confirmed else 'no'} |")
+        cells = "; ".join(
+            f"{v.model} {v.word()} ({_p(v.p_rise)} / {_p(v.p_fall)}, top at F = {v.peak:g})"
+            if v.peak is not None
+            else f"{v.model} {v.status}"
+            for v in row.verdicts
+        )
+        lines.append(
+            f"| {row.setting} | `{row.metric}` | {cells} | {'**yes**' if row.collapse else 'no'} | "
+            f"{'**yes**' if row.confirmed else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -139,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(markdown(rows))
     if args.out:
-        args.out.write_text(json.dumps([{**asdict(r), "collapse": r.collapse, "confirmed": r.confirmed} for r in rows],
-                                       indent=1))
+        args.out.write_text(
+            json.dumps([{**asdict(r), "collapse": r.collapse, "confirmed": r.confirmed} for r in rows], indent=1)
+        )
     return 0
 
 

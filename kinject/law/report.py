@@ -72,21 +72,49 @@ def _model_json(group: Group, fit: CurveFit) -> dict[str, Any]:
     freqs, acc = _by_freq(group)
     plain, floored, test, saturating = fit.plain, fit.floored, fit.test, fit.saturating
     return {
-        "group": group.label, "model": group.model, "condition": dict(group.condition),
-        "params": group.params, "tokens": group.tokens, "compute": group.compute,
-        "freqs": freqs.tolist(), "acc": acc.tolist(), "n_runs": int(group.curve.freq.size),
-        "baseline_acc": fit.baseline, "status": fit.status, "message": fit.message, "notes": list(fit.notes),
-        "peak_test": test and {"peak_freq": test.peak_freq, "rise": test.rise, "fall": test.fall,
-                               "p_rise": test.p_rise, "p_fall": test.p_fall},
-        "saturating": saturating and {"floor": saturating.floor, "top": saturating.top, "f0": saturating.f0,
-                                      "k": saturating.k},
+        "group": group.label,
+        "model": group.model,
+        "condition": dict(group.condition),
+        "params": group.params,
+        "tokens": group.tokens,
+        "compute": group.compute,
+        "freqs": freqs.tolist(),
+        "acc": acc.tolist(),
+        "n_runs": int(group.curve.freq.size),
+        "baseline_acc": fit.baseline,
+        "status": fit.status,
+        "message": fit.message,
+        "notes": list(fit.notes),
+        "peak_test": test
+        and {
+            "peak_freq": test.peak_freq,
+            "rise": test.rise,
+            "fall": test.fall,
+            "p_rise": test.p_rise,
+            "p_fall": test.p_fall,
+        },
+        "saturating": saturating
+        and {"floor": saturating.floor, "top": saturating.top, "f0": saturating.f0, "k": saturating.k},
         "aicc": {"rise_and_fall": _num(fit.aicc[0]), "saturating": _num(fit.aicc[1]), "preferred": fit.preferred},
-        "a": plain and plain.a, "b": plain and plain.b, "c": plain and plain.c, "r2": plain and plain.r2,
-        "f_star": fit.f_star, "f_star_ci": _pair(fit.f_star_ci), "f_star_in_range": fit.in_range,
-        "f_star_interior_share": fit.interior_share, "collapse_f": fit.collapse_f,
-        "collapse_f_ci": _pair(fit.collapse_ci), "f_star_model_free": fit.model_free,
-        "floored": floored and {"a": floored.a, "b": floored.b, "c": floored.c, "r2": floored.r2,
-                                "f_star": floored.f_star if fit.f_star is not None else None},
+        "a": plain and plain.a,
+        "b": plain and plain.b,
+        "c": plain and plain.c,
+        "r2": plain and plain.r2,
+        "f_star": fit.f_star,
+        "f_star_ci": _pair(fit.f_star_ci),
+        "f_star_in_range": fit.in_range,
+        "f_star_interior_share": fit.interior_share,
+        "collapse_f": fit.collapse_f,
+        "collapse_f_ci": _pair(fit.collapse_ci),
+        "f_star_model_free": fit.model_free,
+        "floored": floored
+        and {
+            "a": floored.a,
+            "b": floored.b,
+            "c": floored.c,
+            "r2": floored.r2,
+            "f_star": floored.f_star if fit.f_star is not None else None,
+        },
     }
 
 
@@ -94,50 +122,94 @@ def _cut_json(cut: Cut) -> dict[str, Any]:
     errors = [abs(h.log_error) for h in cut.holdouts]
     covered = [h.covered for h in cut.holdouts if h.covered is not None]
     return {
-        "largest_train_params": cut.largest_train, "n_train": cut.n_train,
-        "holdouts": [{"group": h.label, "f_star": h.truth, "predicted": h.predicted,
-                      "interval": _pair(h.interval), "log_error": h.log_error, "covered": h.covered}
-                     for h in cut.holdouts],
+        "largest_train_params": cut.largest_train,
+        "n_train": cut.n_train,
+        "holdouts": [
+            {
+                "group": h.label,
+                "f_star": h.truth,
+                "predicted": h.predicted,
+                "interval": _pair(h.interval),
+                "log_error": h.log_error,
+                "covered": h.covered,
+            }
+            for h in cut.holdouts
+        ],
         "mean_abs_log_error": float(np.mean(errors)),
         "coverage": float(np.mean(covered)) if covered else None,
     }
 
 
 def _law_json(result: LawResult) -> dict[str, Any]:
-    out: dict[str, Any] = {"condition": dict(result.condition), "status": result.status,
-                           "message": result.message, "n_points": len(result.labels)}
+    out: dict[str, Any] = {
+        "condition": dict(result.condition),
+        "status": result.status,
+        "message": result.message,
+        "n_points": len(result.labels),
+    }
     if result.law is None:
         return out
     law, power, varpro = result.law, result.power, result.varpro
     gap = np.abs(law.log_f_star(result.compute) - varpro.log_f_star(result.compute)).max()
     return out | {
-        "points": [{"group": g, "params": n, "tokens": c / (6 * n), "compute": c, "f_star": f}
-                   for g, n, c, f in zip(result.labels, result.params.tolist(), result.compute.tolist(),
-                                         result.f_star.tolist())],
-        "A": law.A, "alpha": law.alpha, "E": law.E, "A_ci": _pair(result.ci("A")),
-        "alpha_ci": _pair(result.ci("alpha")), "E_ci": _pair(result.ci("E")), "c_ref": law.c_ref,
-        "r2": result.r2, "n_boot_used": int(np.isfinite(result.boot[:, 1]).sum()),
+        "points": [
+            {"group": g, "params": n, "tokens": c / (6 * n), "compute": c, "f_star": f}
+            for g, n, c, f in zip(
+                result.labels, result.params.tolist(), result.compute.tolist(), result.f_star.tolist()
+            )
+        ],
+        "A": law.A,
+        "alpha": law.alpha,
+        "E": law.E,
+        "A_ci": _pair(result.ci("A")),
+        "alpha_ci": _pair(result.ci("alpha")),
+        "E_ci": _pair(result.ci("E")),
+        "c_ref": law.c_ref,
+        "r2": result.r2,
+        "n_boot_used": int(np.isfinite(result.boot[:, 1]).sum()),
         "power_law": {"A": power.A, "alpha": power.alpha, "r2": result.r2_power},
         "aicc": {"law": result.aicc, "power_law": result.aicc_power, "preferred": result.preferred},
         "varpro": {"A": _num(varpro.A), "alpha": varpro.alpha, "E": _num(varpro.E), "max_log_gap": _num(gap)},
-        "predictions": [{"params": p.params, "tokens": p.tokens, "compute": 6 * p.params * p.tokens,
-                         "f_star": p.f_star, "interval": _pair(p.interval)} for p in result.predictions],
-        "validation": {"leave_largest_out": _cut_json(result.cuts[-1]) if result.cuts else None,
-                       "rollout": [_cut_json(c) for c in result.cuts]},
+        "predictions": [
+            {
+                "params": p.params,
+                "tokens": p.tokens,
+                "compute": 6 * p.params * p.tokens,
+                "f_star": p.f_star,
+                "interval": _pair(p.interval),
+            }
+            for p in result.predictions
+        ],
+        "validation": {
+            "leave_largest_out": _cut_json(result.cuts[-1]) if result.cuts else None,
+            "rollout": [_cut_json(c) for c in result.cuts],
+        },
     }
 
 
 def to_json(analysis: Analysis, meta: dict[str, Any]) -> dict[str, Any]:
     """The report; meta carries what the analysis does not know (metric, N definition, sources, notes)."""
     return {
-        "schema": SCHEMA, **meta, "compute": "C = 6 N D", "bootstrap": analysis.n_boot, "level": LEVEL,
+        "schema": SCHEMA,
+        **meta,
+        "compute": "C = 6 N D",
+        "bootstrap": analysis.n_boot,
+        "level": LEVEL,
         "huber_delta": HUBER_DELTA,
         "interior_optimum": GATED if analysis.aicc_gate else SHAPE_ONLY,
         "models": [_model_json(g, f) for g, f in zip(analysis.groups, analysis.fits)],
         "laws": [_law_json(law) for law in analysis.laws],
-        "token_budget": [{"model": t.model, "condition": dict(t.condition), "tokens": t.tokens.tolist(),
-                          "f_star": t.f_star.tolist(), "slope": t.slope, "slope_ci": _pair(t.slope_ci)}
-                         for t in analysis.budgets],
+        "token_budget": [
+            {
+                "model": t.model,
+                "condition": dict(t.condition),
+                "tokens": t.tokens.tolist(),
+                "f_star": t.f_star.tolist(),
+                "slope": t.slope,
+                "slope_ci": _pair(t.slope_ci),
+            }
+            for t in analysis.budgets
+        ],
     }
 
 
@@ -172,21 +244,61 @@ def _rows(header: Sequence[str], rows: list[list[str]]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     """A readable summary of the JSON report, so the terminal and the file never disagree."""
-    lines = [f"fit_law: {report['metric']} | {report['params_definition']} | {report['compute']} | "
-             f"{report['bootstrap']} bootstrap resamples, {LEVEL:.0%} intervals"]
+    lines = [
+        f"fit_law: {report['metric']} | {report['params_definition']} | {report['compute']} | "
+        f"{report['bootstrap']} bootstrap resamples, {LEVEL:.0%} intervals"
+    ]
     if report["notes"]:
         lines += [f"skipped {len(report['notes'])} run(s):"] + [f"  {n}" for n in report["notes"][:10]]
-    gate = (" and the rise-and-fall form preferred to monotone saturation by AICc"
-            if report["interior_optimum"] == GATED else " (the shape test alone: AICc not asked)")
-    lines += ["", "P(F) = a F^b exp(-cF) per model group; interior optimum: rise and fall beyond noise "
-              f"(p < 0.05 each){gate}"]
-    rows = [[m["group"], _g(m["params"]), _g(m["tokens"]), f"{_g(m['freqs'][0])}-{_g(m['freqs'][-1])}",
-             _g(m["baseline_acc"], 2), _g(m["a"]), _g(m["b"]), _g(m["c"]),
-             _g(m["f_star"]) + _ci(m["f_star_ci"]), _g(m["collapse_f"]), _g(m["r2"], 3),
-             _g(m["f_star_model_free"]), _p(m["peak_test"], "p_rise"), _p(m["peak_test"], "p_fall"),
-             m["aicc"]["preferred"] or "-"] for m in report["models"]]
-    lines += _rows(["group", "N", "D", "F", "P(0)", "a", "b", "c", "F* [95% CI]", "collapse", "R2", "model-free",
-                    "p rise", "p fall", "AICc prefers"], rows)
+    gate = (
+        " and the rise-and-fall form preferred to monotone saturation by AICc"
+        if report["interior_optimum"] == GATED
+        else " (the shape test alone: AICc not asked)"
+    )
+    lines += [
+        "",
+        f"P(F) = a F^b exp(-cF) per model group; interior optimum: rise and fall beyond noise (p < 0.05 each){gate}",
+    ]
+    rows = [
+        [
+            m["group"],
+            _g(m["params"]),
+            _g(m["tokens"]),
+            f"{_g(m['freqs'][0])}-{_g(m['freqs'][-1])}",
+            _g(m["baseline_acc"], 2),
+            _g(m["a"]),
+            _g(m["b"]),
+            _g(m["c"]),
+            _g(m["f_star"]) + _ci(m["f_star_ci"]),
+            _g(m["collapse_f"]),
+            _g(m["r2"], 3),
+            _g(m["f_star_model_free"]),
+            _p(m["peak_test"], "p_rise"),
+            _p(m["peak_test"], "p_fall"),
+            m["aicc"]["preferred"] or "-",
+        ]
+        for m in report["models"]
+    ]
+    lines += _rows(
+        [
+            "group",
+            "N",
+            "D",
+            "F",
+            "P(0)",
+            "a",
+            "b",
+            "c",
+            "F* [95% CI]",
+            "collapse",
+            "R2",
+            "model-free",
+            "p rise",
+            "p fall",
+            "AICc prefers",
+        ],
+        rows,
+    )
     for m in report["models"]:
         texts = ([m["message"]] if m["f_star"] is None else []) + m["notes"]
         lines += [f"  {m['group']}: {text}" for text in texts]
@@ -206,21 +318,27 @@ def render(report: dict[str, Any]) -> str:
             f"  variable projection: A = {_g(law['varpro']['A'])}, alpha = {_g(law['varpro']['alpha'])}, "
             f"E = {_g(law['varpro']['E'])} (max |log gap| {_g(law['varpro']['max_log_gap'], 2)})",
         ]
-        lines += [f"  predict N={p['params']:.3g} D={p['tokens']:.3g}: F* = {_g(p['f_star'])}{_ci(p['interval'])}"
-                  for p in law["predictions"]]
+        lines += [
+            f"  predict N={p['params']:.3g} D={p['tokens']:.3g}: F* = {_g(p['f_star'])}{_ci(p['interval'])}"
+            for p in law["predictions"]
+        ]
         cuts = law["validation"]["rollout"]
         if not cuts:
             lines.append("  validation: needs 3 distinct C below the largest model")
         for i, cut in enumerate(cuts):
             name = "leave largest out" if i == len(cuts) - 1 else "rollout"
             for h in cut["holdouts"]:
-                lines.append(f"  {name} (fit N <= {cut['largest_train_params']:.3g}): {h['group']} F* = "
-                             f"{_g(h['f_star'])}, predicted {_g(h['predicted'])}{_ci(h['interval'])}, "
-                             f"error {math.expm1(h['log_error']):+.1%}"
-                             + {True: ", in the interval", False: ", outside the interval", None: ""}[h["covered"]])
+                lines.append(
+                    f"  {name} (fit N <= {cut['largest_train_params']:.3g}): {h['group']} F* = "
+                    f"{_g(h['f_star'])}, predicted {_g(h['predicted'])}{_ci(h['interval'])}, "
+                    f"error {math.expm1(h['log_error']):+.1%}"
+                    + {True: ", in the interval", False: ", outside the interval", None: ""}[h["covered"]]
+                )
     for t in report["token_budget"]:
-        lines.append(f"\ntoken budget: {t['model']} F* ~ D^{t['slope']:.3g}{_ci(t['slope_ci'])} over "
-                     f"D = {', '.join(_g(d) for d in t['tokens'])}")
+        lines.append(
+            f"\ntoken budget: {t['model']} F* ~ D^{t['slope']:.3g}{_ci(t['slope_ci'])} over "
+            f"D = {', '.join(_g(d) for d in t['tokens'])}"
+        )
     return "\n".join(lines)
 
 
@@ -261,9 +379,14 @@ def fits_figure(analysis: Analysis) -> Figure:
             ax.axhline(fit.baseline, color="tab:green", ls="--", lw=1, label="F = 0 control")
         if fit.freq_span is not None:
             grid = np.geomspace(*fit.freq_span, 200)
-            forms = ((fit.plain, "-", "a F^b e^-cF" if bounded else "P(0) + a F^b e^-cF"),
-                     (fit.floored, "--", "0.25 + a F^b e^-cF")) if fit.status == "ok" else \
-                ((fit.saturating, "-", "monotone saturating"),)
+            forms = (
+                (
+                    (fit.plain, "-", "a F^b e^-cF" if bounded else "P(0) + a F^b e^-cF"),
+                    (fit.floored, "--", "0.25 + a F^b e^-cF"),
+                )
+                if fit.status == "ok"
+                else ((fit.saturating, "-", "monotone saturating"),)
+            )
             for form, style, name in forms:
                 if form is not None:
                     ax.plot(grid, form(grid), style, color="tab:blue", lw=1.3, label=name)
@@ -299,15 +422,23 @@ def plot_law(analysis: Analysis, path: Path) -> Path:
         band = result.band(grid)
         if band is not None:
             ax.fill_between(grid, *band, color="tab:blue", alpha=0.2, label="95% band")
-        ax.plot(grid, np.exp(result.law.log_f_star(grid)), color="tab:blue",
-                label=f"A/C^a + E, a = {result.law.alpha:.3g}")
+        ax.plot(
+            grid, np.exp(result.law.log_f_star(grid)), color="tab:blue", label=f"A/C^a + E, a = {result.law.alpha:.3g}"
+        )
         ax.plot(grid, np.exp(result.power.log_f_star(grid)), "--", color="grey", label="E = 0")
         errors = [_yerr(f, fits[g].f_star_ci) for g, f in zip(result.labels, result.f_star)]
         ax.errorbar(result.compute, result.f_star, yerr=np.array(errors).T, fmt="o", color="k", ms=4, label="models")
         if result.predictions:
             errors = [_yerr(p.f_star, p.interval) for p in result.predictions]
-            ax.errorbar(targets, [p.f_star for p in result.predictions], yerr=np.array(errors).T, fmt="s",
-                        color="tab:red", ms=5, label="predictions")
+            ax.errorbar(
+                targets,
+                [p.f_star for p in result.predictions],
+                yerr=np.array(errors).T,
+                fmt="s",
+                color="tab:red",
+                ms=5,
+                label="predictions",
+            )
         ax.set(xscale="log", yscale="log", xlabel="C = 6 N D", ylabel="F*")
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -330,13 +461,32 @@ def log_wandb(report: dict[str, Any], images: Sequence[Path], project: str, wand
     """Mirror the report to a new W&B run in the project: a table of models, the figures, the
     law's numbers as summary keys (comparable across runs) and the whole report in the summary."""
     entity, _, name = project.rpartition("/")
-    run = wandb.init(project=name, entity=entity or None, job_type="fit_law",
-                     config={k: report[k] for k in ("metric", "params", "bootstrap", "seed", "sources")})
+    run = wandb.init(
+        project=name,
+        entity=entity or None,
+        job_type="fit_law",
+        config={k: report[k] for k in ("metric", "params", "bootstrap", "seed", "sources")},
+    )
     columns = ["group", "params", "tokens", "f_star", "f_star_lo", "f_star_hi", "collapse_f", "r2", "status"]
-    data = [[m["group"], m["params"], m["tokens"], m["f_star"], *(m["f_star_ci"] or [None, None]),
-             m["collapse_f"], m["r2"], m["status"]] for m in report["models"]]
-    run.log({"fit_law/models": wandb.Table(columns=columns, data=data),
-             **{f"fit_law/{p.stem}": wandb.Image(str(p)) for p in images}})
+    data = [
+        [
+            m["group"],
+            m["params"],
+            m["tokens"],
+            m["f_star"],
+            *(m["f_star_ci"] or [None, None]),
+            m["collapse_f"],
+            m["r2"],
+            m["status"],
+        ]
+        for m in report["models"]
+    ]
+    run.log(
+        {
+            "fit_law/models": wandb.Table(columns=columns, data=data),
+            **{f"fit_law/{p.stem}": wandb.Image(str(p)) for p in images},
+        }
+    )
     for law in report["laws"]:
         prefix = f"fit_law/{_condition(tuple(law['condition'].items()))}"
         run.summary.update({f"{prefix}/{k}": law.get(k) for k in ("A", "alpha", "E", "r2", "n_points")})

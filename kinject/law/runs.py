@@ -69,8 +69,10 @@ def _metric_parts(metric: str) -> tuple[str, str]:
     match = re.fullmatch(rf"(\w+)/({'|'.join(UNBOUNDED)})", metric)
     if match:
         return match[1], match[2]
-    raise TableError(f"--metric {metric!r}: expected an accuracy 'SUITE/acc_SCORE' (e.g. {DEFAULT_METRIC}) or an "
-                     f"unbounded score 'SUITE/{{{','.join(UNBOUNDED)}}}' (e.g. memorization/margin)")
+    raise TableError(
+        f"--metric {metric!r}: expected an accuracy 'SUITE/acc_SCORE' (e.g. {DEFAULT_METRIC}) or an "
+        f"unbounded score 'SUITE/{{{','.join(UNBOUNDED)}}}' (e.g. memorization/margin)"
+    )
 
 
 def is_bounded(metric: str) -> bool:
@@ -94,8 +96,11 @@ def _condition(format_: Any, paraphrase: Any, config: Mapping[str, Any]) -> tupl
     optimizer, ...) but the axes of the fit (model size, D, F, seed): runs that differ in any of them are
     never pooled into one curve (to_groups keeps those that vary across the table)."""
     named = [(k, str(v)) for k, v in (("format", format_), ("paraphrase", paraphrase)) if v is not None]
-    rest = [(key, json.dumps(value, sort_keys=True, default=str)) for key, value in settings(config).items()
-            if key not in AXES and not key.startswith(("model.", "derived."))]
+    rest = [
+        (key, json.dumps(value, sort_keys=True, default=str))
+        for key, value in settings(config).items()
+        if key not in AXES and not key.startswith(("model.", "derived."))
+    ]
     return tuple(named + rest)
 
 
@@ -120,11 +125,16 @@ def _from_results(path: Path, payload: dict[str, Any], metric: str) -> Run | str
     return Run(
         model=model["name"],
         params={k: float(model[f"params_{k}"]) for k in PARAMS if model.get(f"params_{k}") is not None},
-        tokens=_curve_tokens(payload["budget"]), freq=float(infusion["freq"]), acc=float(value),
-        seed=payload["run"].get("seed"), n_items=None if items is None else items.size,
+        tokens=_curve_tokens(payload["budget"]),
+        freq=float(infusion["freq"]),
+        acc=float(value),
+        seed=payload["run"].get("seed"),
+        n_items=None if items is None else items.size,
         fact_ids=tuple(outcomes["fact_id"]) if items is not None and "fact_id" in outcomes else None,
-        items=items, condition=_condition(infusion.get("format"), infusion.get("paraphrase"), payload.get("config", {})),
-        source=str(path))
+        items=items,
+        condition=_condition(infusion.get("format"), infusion.get("paraphrase"), payload.get("config", {})),
+        source=str(path),
+    )
 
 
 def load_runs(dirs: Iterable[str | Path], metric: str = DEFAULT_METRIC) -> Table:
@@ -151,8 +161,9 @@ def load_runs(dirs: Iterable[str | Path], metric: str = DEFAULT_METRIC) -> Table
     return table
 
 
-def load_wandb(path: str, metric: str = DEFAULT_METRIC, group: str | None = None, tag: str | None = None,
-               api: Any = None) -> Table:
+def load_wandb(
+    path: str, metric: str = DEFAULT_METRIC, group: str | None = None, tag: str | None = None, api: Any = None
+) -> Table:
     """Finished runs of a W&B project (means only: W&B holds no per-item outcomes). `api` is a
     wandb.Api or anything with the same .runs(path, filters=...), so tests need no network."""
     suite, _ = _metric_parts(metric)
@@ -177,20 +188,32 @@ def load_wandb(path: str, metric: str = DEFAULT_METRIC, group: str | None = None
             continue
         config, summary = run.config, run.summary
         derived = _lookup(config, "derived") or {}
-        needed = {metric: summary.get(metric), "model.name": _lookup(config, "model.name"),
-                  "infusion.freq": _lookup(config, "infusion.freq"), "derived.tokens": derived.get("tokens")}
+        needed = {
+            metric: summary.get(metric),
+            "model.name": _lookup(config, "model.name"),
+            "infusion.freq": _lookup(config, "infusion.freq"),
+            "derived.tokens": derived.get("tokens"),
+        }
         missing = [k for k, v in needed.items() if v is None]
         if missing:
             table.notes.append(f"{where}: no {', '.join(missing)}")
             continue
         n_items = summary.get(f"{suite}/n_items")
-        table.runs.append(Run(
-            model=str(needed["model.name"]),
-            params={k: float(derived[f"params_{k}"]) for k in PARAMS if derived.get(f"params_{k}") is not None},
-            tokens=float(needed["derived.tokens"]), freq=float(needed["infusion.freq"]), acc=float(needed[metric]),
-            seed=_lookup(config, "seed"), n_items=None if n_items is None else int(n_items),
-            condition=_condition(_lookup(config, "infusion.format"), _lookup(config, "infusion.paraphrase"), config),
-            source=where))
+        table.runs.append(
+            Run(
+                model=str(needed["model.name"]),
+                params={k: float(derived[f"params_{k}"]) for k in PARAMS if derived.get(f"params_{k}") is not None},
+                tokens=float(needed["derived.tokens"]),
+                freq=float(needed["infusion.freq"]),
+                acc=float(needed[metric]),
+                seed=_lookup(config, "seed"),
+                n_items=None if n_items is None else int(n_items),
+                condition=_condition(
+                    _lookup(config, "infusion.format"), _lookup(config, "infusion.paraphrase"), config
+                ),
+                source=where,
+            )
+        )
     if not table.runs and not table.notes:
         raise TableError(f"wandb:{path}: no runs match filters {filters or '(none)'}")
     return table
@@ -213,21 +236,34 @@ def load_csv(path: str | Path) -> Table:
         raise TableError(f"{path}: cannot read as text ({error})") from None
     missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
-        raise TableError(f"{path}, line 1: missing column(s) {', '.join(missing)}; expected header "
-                         f"{','.join(CSV_COLUMNS)} (optional: {','.join(CSV_OPTIONAL)})")
+        raise TableError(
+            f"{path}, line 1: missing column(s) {', '.join(missing)}; expected header "
+            f"{','.join(CSV_COLUMNS)} (optional: {','.join(CSV_OPTIONAL)})"
+        )
     runs = []
     for row in reader:
         line = reader.line_num
         values = {c: _number(path, line, c, row[c]) for c in CSV_COLUMNS[1:]}
-        optional = {c: _number(path, line, c, row[c], integer=True)
-                    for c in CSV_OPTIONAL if row.get(c) not in (None, "")}
+        optional = {
+            c: _number(path, line, c, row[c], integer=True) for c in CSV_OPTIONAL if row.get(c) not in (None, "")
+        }
         if not 0 <= values["acc"] <= 1 or values["freq"] < 0 or values["params"] <= 0 or values["tokens"] <= 0:
-            raise TableError(f"{path}, line {line}: expected 0 <= acc <= 1, freq >= 0, params > 0 and "
-                             f"tokens > 0, got {values}")
+            raise TableError(
+                f"{path}, line {line}: expected 0 <= acc <= 1, freq >= 0, params > 0 and tokens > 0, got {values}"
+            )
         if not row["model"]:
             raise TableError(f"{path}, line {line}: empty model name")
-        runs.append(Run(row["model"], {"given": values["params"]}, values["tokens"], values["freq"],
-                        values["acc"], source=f"{path}:{line}", **optional))
+        runs.append(
+            Run(
+                row["model"],
+                {"given": values["params"]},
+                values["tokens"],
+                values["freq"],
+                values["acc"],
+                source=f"{path}:{line}",
+                **optional,
+            )
+        )
     if not runs:
         raise TableError(f"{path}: header but no rows")
     return Table(runs)
@@ -236,9 +272,12 @@ def load_csv(path: str | Path) -> Table:
 def merge(tables: Iterable[Table]) -> Table:
     tables = list(tables)
     if len({t.bounded for t in tables}) > 1:
-        raise TableError("an accuracy (CSV or --metric SUITE/acc_SCORE) and an unbounded score cannot be fitted together")
-    return Table([r for t in tables for r in t.runs], [n for t in tables for n in t.notes],
-                 all(t.bounded for t in tables))
+        raise TableError(
+            "an accuracy (CSV or --metric SUITE/acc_SCORE) and an unbounded score cannot be fitted together"
+        )
+    return Table(
+        [r for t in tables for r in t.runs], [n for t in tables for n in t.notes], all(t.bounded for t in tables)
+    )
 
 
 def params_definition(table: Table, kind: str) -> str:
@@ -269,17 +308,28 @@ def to_groups(table: Table, params: str = "non_embedding") -> list[Group]:
     for run in table.runs:
         condition = tuple((k, v) for k, v in run.condition if k in varying)
         buckets[(run.model, run.tokens, condition)].append(run)
-    return [_group(model, tokens, condition, runs, params, varying, table.bounded)
-            for (model, tokens, condition), runs in sorted(buckets.items())]
+    return [
+        _group(model, tokens, condition, runs, params, varying, table.bounded)
+        for (model, tokens, condition), runs in sorted(buckets.items())
+    ]
 
 
-def _group(model: str, tokens: float, condition: tuple[tuple[str, str], ...], runs: list[Run],
-           params: str, varying: set[str], bounded: bool) -> Group:
+def _group(
+    model: str,
+    tokens: float,
+    condition: tuple[tuple[str, str], ...],
+    runs: list[Run],
+    params: str,
+    varying: set[str],
+    bounded: bool,
+) -> Group:
     counts = {r.params.get(params, r.params.get("given")) for r in runs}
     if None in counts:
         bad = next(r for r in runs if r.params.get(params, r.params.get("given")) is None)
-        raise TableError(f"{bad.source}: no {params} parameter count (try --params "
-                         f"{'total' if params == 'non_embedding' else 'non_embedding'})")
+        raise TableError(
+            f"{bad.source}: no {params} parameter count (try --params "
+            f"{'total' if params == 'non_embedding' else 'non_embedding'})"
+        )
     if len(counts) > 1:
         raise TableError(f"model {model!r}: runs disagree on its parameter count ({sorted(counts)})")
     runs = sorted(runs, key=lambda r: (r.freq, r.seed is None, r.seed or 0))
@@ -289,6 +339,7 @@ def _group(model: str, tokens: float, condition: tuple[tuple[str, str], ...], ru
             blocks[run.fact_ids or (run.source,)].append(i)
     paired = tuple((np.array(idx), np.stack([runs[i].items for i in idx])) for idx in blocks.values())
     n_items = [np.nan if r.n_items is None or not bounded else r.n_items for r in runs]
-    curve = Curve(np.array([r.freq for r in runs]), np.array([r.acc for r in runs]), np.array(n_items, float),
-                  paired, bounded)
+    curve = Curve(
+        np.array([r.freq for r in runs]), np.array([r.acc for r in runs]), np.array(n_items, float), paired, bounded
+    )
     return Group(_label(model, tokens, condition, varying), model, counts.pop(), tokens, condition, curve)

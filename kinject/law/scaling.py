@@ -138,8 +138,7 @@ def _law_jac(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _law_bounds(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Wide enough never to bind on sane data; E stays below the largest F*."""
-    return (np.array([y.min() - 30, -ALPHA_MAX, y.min() - 30]),
-            np.array([y.max() + 30, ALPHA_MAX, y.max()]))
+    return (np.array([y.min() - 30, -ALPHA_MAX, y.min() - 30]), np.array([y.max() + 30, ALPHA_MAX, y.max()]))
 
 
 def fit_law(x: np.ndarray, y: np.ndarray, delta: float = HUBER_DELTA, floor: bool = True) -> np.ndarray:
@@ -156,13 +155,21 @@ def fit_law(x: np.ndarray, y: np.ndarray, delta: float = HUBER_DELTA, floor: boo
     f = np.exp(y)
     starts = []
     for alpha in np.linspace(-2, 2, 9):
-        for share in ((0.0, 0.3, 0.6, 0.9) if floor else (0.0,)):
+        for share in (0.0, 0.3, 0.6, 0.9) if floor else (0.0,):
             e = share * f.min()
-            starts.append(np.clip([np.log(np.median(f) - e), alpha, np.log(e) if e else lower[2]][:size],
-                                  lower[:size], upper[:size]))
+            starts.append(
+                np.clip(
+                    [np.log(np.median(f) - e), alpha, np.log(e) if e else lower[2]][:size], lower[:size], upper[:size]
+                )
+            )
     starts.sort(key=lambda s: loss(s)[0])
-    best = min((optimize.minimize(loss, s, jac=True, method="L-BFGS-B", bounds=list(zip(lower[:size], upper[:size])))
-                for s in starts[:3]), key=lambda res: res.fun)
+    best = min(
+        (
+            optimize.minimize(loss, s, jac=True, method="L-BFGS-B", bounds=list(zip(lower[:size], upper[:size])))
+            for s in starts[:3]
+        ),
+        key=lambda res: res.fun,
+    )
     return best.x if floor else np.append(best.x, -np.inf)
 
 
@@ -180,8 +187,7 @@ def varpro_law(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     grid = np.linspace(-ALPHA_MAX, ALPHA_MAX, 1001)
     best = grid[np.argmin([profile(a)[0] for a in grid])]
     step = grid[1] - grid[0]
-    alpha = optimize.minimize_scalar(lambda a: profile(a)[0], bounds=(best - step, best + step),
-                                     method="bounded").x
+    alpha = optimize.minimize_scalar(lambda a: profile(a)[0], bounds=(best - step, best + step), method="bounded").x
     amplitude, floor = profile(alpha)[1]
     with np.errstate(divide="ignore"):
         return np.array([np.log(amplitude), alpha, np.log(floor)])
@@ -192,16 +198,19 @@ def _distinct(valid: np.ndarray, x: np.ndarray) -> np.ndarray:
     return ((valid[:, :, None] & (x[:, None] == np.unique(x)[None, :])).any(1)).sum(1)
 
 
-def _law_boot(theta: np.ndarray, x: np.ndarray, y: np.ndarray, f_boot: np.ndarray, delta: float
-              ) -> np.ndarray:
+def _law_boot(theta: np.ndarray, x: np.ndarray, y: np.ndarray, f_boot: np.ndarray, delta: float) -> np.ndarray:
     """The second bootstrap level: the law refitted to each joint draw of the models' F* (each
     from its own bootstrap), starting at the point fit. Models without an interior optimum in a
     draw drop out of it; draws left with fewer than 3 distinct C give NaN."""
     valid = np.isfinite(f_boot) & (f_boot > 0)
     y_boot = np.log(np.where(valid, f_boot, 1.0))
     mask = valid.astype(float)
-    fitted = _lm(lambda t: (mask * (_law_log(t, x) - y_boot), mask[..., None] * _law_jac(t, x)),
-                 np.tile(theta, (len(y_boot), 1)), *_law_bounds(y), delta)
+    fitted = _lm(
+        lambda t: (mask * (_law_log(t, x) - y_boot), mask[..., None] * _law_jac(t, x)),
+        np.tile(theta, (len(y_boot), 1)),
+        *_law_bounds(y),
+        delta,
+    )
     fitted[_distinct(valid, x) < 3] = np.nan
     return fitted
 
@@ -218,16 +227,18 @@ def _aicc(resid: np.ndarray, k: int) -> float | None:
     return float(n * np.log(max(resid @ resid / n, 1e-300)) + 2 * k + 2 * k * (k + 1) / (n - k - 1))
 
 
-def _fit_with_boot(compute: np.ndarray, f_star: np.ndarray, f_boot: np.ndarray, delta: float
-                   ) -> tuple[Law, np.ndarray, np.ndarray]:
+def _fit_with_boot(
+    compute: np.ndarray, f_star: np.ndarray, f_boot: np.ndarray, delta: float
+) -> tuple[Law, np.ndarray, np.ndarray]:
     c_ref = float(np.exp(np.log(compute).mean()))
     x, y = np.log(compute / c_ref), np.log(f_star)
     law = Law(fit_law(x, y, delta), c_ref)
     return law, _law_boot(law.theta, x, y, f_boot, delta), y - law.log_f_star(compute)
 
 
-def _predictive(law: Law, boot: np.ndarray, resid: np.ndarray, compute: np.ndarray,
-                rng: np.random.Generator) -> np.ndarray:
+def _predictive(
+    law: Law, boot: np.ndarray, resid: np.ndarray, compute: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Draws (B, T) of a new model's F*: bootstrap laws plus a resampled residual of the fit
     (inflated for the 3 fitted parameters), so the interval covers a model, not only the mean law."""
     boot = boot[~np.isnan(boot[:, 1])]
@@ -236,8 +247,15 @@ def _predictive(law: Law, boot: np.ndarray, resid: np.ndarray, compute: np.ndarr
     return np.exp(_law_log(boot, np.log(compute / law.c_ref)) + noise)
 
 
-def _rollout(labels: Sequence[str], params: np.ndarray, compute: np.ndarray, f_star: np.ndarray,
-             f_boot: np.ndarray, rng: np.random.Generator, delta: float) -> tuple[Cut, ...]:
+def _rollout(
+    labels: Sequence[str],
+    params: np.ndarray,
+    compute: np.ndarray,
+    f_star: np.ndarray,
+    f_boot: np.ndarray,
+    rng: np.random.Generator,
+    delta: float,
+) -> tuple[Cut, ...]:
     """Fit on the smallest sizes, predict every larger one, at every cut that leaves 3 or more
     distinct C to fit; the last cut is leave-the-largest-model-out."""
     cuts = []
@@ -248,35 +266,64 @@ def _rollout(labels: Sequence[str], params: np.ndarray, compute: np.ndarray, f_s
         law, boot, resid = _fit_with_boot(compute[train], f_star[train], f_boot[:, train], delta)
         held = np.flatnonzero(~train)
         draws = _predictive(law, boot, resid, compute[held], rng)
-        holdouts = tuple(Holdout(labels[i], float(f_star[i]), float(np.exp(law.log_f_star(compute[i]))),
-                                 _interval(draws[:, j])) for j, i in enumerate(held))
+        holdouts = tuple(
+            Holdout(labels[i], float(f_star[i]), float(np.exp(law.log_f_star(compute[i]))), _interval(draws[:, j]))
+            for j, i in enumerate(held)
+        )
         cuts.append(Cut(float(top), int(train.sum()), holdouts))
     return tuple(cuts)
 
 
-def fit_across(condition: tuple[tuple[str, str], ...], labels: Sequence[str], params: np.ndarray,
-               compute: np.ndarray, f_star: np.ndarray, f_boot: np.ndarray,
-               targets: Sequence[tuple[float, float]], rng: np.random.Generator,
-               delta: float = HUBER_DELTA) -> LawResult:
+def fit_across(
+    condition: tuple[tuple[str, str], ...],
+    labels: Sequence[str],
+    params: np.ndarray,
+    compute: np.ndarray,
+    f_star: np.ndarray,
+    f_boot: np.ndarray,
+    targets: Sequence[tuple[float, float]],
+    rng: np.random.Generator,
+    delta: float = HUBER_DELTA,
+) -> LawResult:
     """The law with its bootstrap intervals, the E = 0 comparison, the variable-projection
     check, predictions at target (N, D) and the rollout validation."""
     if np.unique(compute).size < 3:
         got = ", ".join(labels) or "none"
-        return LawResult(condition, "not fitted", "the cross-size law needs an in-range F* at 3 or more "
-                         f"distinct C = 6ND; got {np.unique(compute).size} ({got})")
+        return LawResult(
+            condition,
+            "not fitted",
+            "the cross-size law needs an in-range F* at 3 or more "
+            f"distinct C = 6ND; got {np.unique(compute).size} ({got})",
+        )
     law, boot, resid = _fit_with_boot(compute, f_star, f_boot, delta)
     x, y = np.log(compute / law.c_ref), np.log(f_star)
     power = Law(fit_law(x, y, delta, floor=False), law.c_ref)
     resid_power = y - power.log_f_star(compute)
     target = np.array([6.0 * n * d for n, d in targets])
     draws = _predictive(law, boot, resid, target, rng)
-    predictions = tuple(Prediction(n, d, float(np.exp(law.log_f_star(c))), _interval(draws[:, i]))
-                        for i, ((n, d), c) in enumerate(zip(targets, target)))
+    predictions = tuple(
+        Prediction(n, d, float(np.exp(law.log_f_star(c))), _interval(draws[:, i]))
+        for i, ((n, d), c) in enumerate(zip(targets, target))
+    )
     return LawResult(
-        condition, "ok", f"fitted on {len(labels)} points", tuple(labels), params, compute, f_star,
-        law, power, Law(varpro_law(x, y), law.c_ref), boot,
-        _r2_log(y, y - resid), _r2_log(y, y - resid_power), _aicc(resid, 3), _aicc(resid_power, 2),
-        predictions, _rollout(labels, params, compute, f_star, f_boot, rng, delta))
+        condition,
+        "ok",
+        f"fitted on {len(labels)} points",
+        tuple(labels),
+        params,
+        compute,
+        f_star,
+        law,
+        power,
+        Law(varpro_law(x, y), law.c_ref),
+        boot,
+        _r2_log(y, y - resid),
+        _r2_log(y, y - resid_power),
+        _aicc(resid, 3),
+        _aicc(resid_power, 2),
+        predictions,
+        _rollout(labels, params, compute, f_star, f_boot, rng, delta),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,8 +42,12 @@ class Experiment:
         """The `budget` section of the record: D trained, and how much of it was injected text and background
         (with fixed_total injection displaces background; with fixed_background the run grows instead)."""
         injected = self.datamodule.dataset.injected_tokens
-        return {**self.budget.summary(), "mode": self.infusion.budget, "injected_tokens": injected,
-                "background_tokens": self.budget.tokens_trained - injected}
+        return {
+            **self.budget.summary(),
+            "mode": self.infusion.budget,
+            "injected_tokens": injected,
+            "background_tokens": self.budget.tokens_trained - injected,
+        }
 
     def summary(self) -> dict[str, Any]:
         """What every run logs about its infusion: F, K, injected tokens and their share of the budget."""
@@ -82,16 +86,39 @@ def prepare(cfg: DictConfig) -> Experiment:
     texts = ExposureTexts(knowledge, infusion, tokenizer)
     if infusion.budget == "fixed_background":
         budget = budget.grown(texts.total)
-    schedule = plan(len(knowledge.facts), infusion.freq, budget.sequences, infusion.seed, infusion.window,
-                    infusion.packing, texts.lengths() if infusion.packing in BLOCK_PACKINGS else None, budget.seq_len)
+    schedule = plan(
+        len(knowledge.facts),
+        infusion.freq,
+        budget.sequences,
+        infusion.seed,
+        infusion.window,
+        infusion.packing,
+        texts.lengths() if infusion.packing in BLOCK_PACKINGS else None,
+        budget.seq_len,
+    )
     dataset = InfusedSequences(background.stream, schedule, texts, budget.seq_len, budget.sequences)
     check_fits(dataset, budget, infusion.freq, cfg.infusion.max_share)
 
-    suites = build_suites(list(cfg.eval.suites), SuiteInputs(knowledge, infusion, int(cfg.knowledge.seed),
-                                                               background.world, int(cfg.eval.background_facts),
-                                                               int(cfg.eval.seed), schedule))
+    suites = build_suites(
+        list(cfg.eval.suites),
+        SuiteInputs(
+            knowledge,
+            infusion,
+            int(cfg.knowledge.seed),
+            background.world,
+            int(cfg.eval.background_facts),
+            int(cfg.eval.seed),
+            schedule,
+        ),
+    )
     heldout = heldout_sequences(tokenizer, background.heldout_documents, budget.seq_len, cfg.eval.heldout_sequences)
-    evaluator = Evaluator(tokenizer, suites, heldout, batch_items=int(cfg.eval.batch_items),
-                          heldout_batch=int(cfg.eval.heldout_batch), tradeoff_weight=float(cfg.eval.tradeoff_weight))
+    evaluator = Evaluator(
+        tokenizer,
+        suites,
+        heldout,
+        batch_items=int(cfg.eval.batch_items),
+        heldout_batch=int(cfg.eval.heldout_batch),
+        tradeoff_weight=float(cfg.eval.tradeoff_weight),
+    )
     datamodule = InfusionDataModule(dataset, budget.batch_size, budget.micro_batch_size, int(cfg.data.num_workers))
     return Experiment(tokenizer, knowledge, infusion, budget, spec, vocab_size, datamodule, evaluator)

@@ -28,7 +28,7 @@ class FailureReport(Callback):
         if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
             return
         try:
-            job_return.return_value
+            _ = job_return.return_value  # raises the job's exception
         except Exception as raised:
             error = raised
         frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
@@ -40,7 +40,9 @@ class FailureReport(Callback):
         self.failures.append(line)
 
     def _report(self) -> None:
-        print(f"\n{len(self.failures)} job(s) failed (a grid re-run redoes only these; an Optuna study "
-              "keeps them as failed trials):")
+        print(
+            f"\n{len(self.failures)} job(s) failed (a grid re-run redoes only these; an Optuna study "
+            "keeps them as failed trials):"
+        )
         for line in self.failures:
             print(f"  - {line}")

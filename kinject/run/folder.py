@@ -51,6 +51,9 @@ def claim(output_dir: str | Path, config: dict[str, Any], overwrite: bool) -> No
         shown = ", ".join(f"{key}: {a!r} -> {b!r}" for key, (a, b) in list(changed.items())[:SHOWN])
         more = f" and {len(changed) - SHOWN} more" if len(changed) > SHOWN else ""
         raise ConfigError(
-            "paths.output_dir", f"a folder of no run or of a run with these settings; {output_dir} holds a run "
-            f"that differs in {shown}{more}", hint="use a new folder (hydra.run.dir=... or paths.output_dir=...), or "
-            "add overwrite=true to delete its results and checkpoints and start clean")
+            "paths.output_dir",
+            f"a folder of no run or of a run with these settings; {output_dir} holds a run "
+            f"that differs in {shown}{more}",
+            hint="use a new folder (hydra.run.dir=... or paths.output_dir=...), or "
+            "add overwrite=true to delete its results and checkpoints and start clean",
+        )

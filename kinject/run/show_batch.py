@@ -29,8 +29,10 @@ def show(cfg: DictConfig, step: int, ids: bool = False) -> str:
         raise ConfigError("step", f"a step of the run, 0 to {budget.steps - 1}", step)
     dataset = experiment.datamodule.dataset
     decode = experiment.tokenizer.decode
-    lines = [f"step {step}: sequences {step * budget.batch_size} to {(step + 1) * budget.batch_size - 1}, "
-             f"{budget.seq_len} tokens each; injected facts between {OPEN} {CLOSE}"]
+    lines = [
+        f"step {step}: sequences {step * budget.batch_size} to {(step + 1) * budget.batch_size - 1}, "
+        f"{budget.seq_len} tokens each; injected facts between {OPEN} {CLOSE}"
+    ]
     for index in range(step * budget.batch_size, (step + 1) * budget.batch_size):
         item = dataset[index]
         tokens, used = item["input_ids"].tolist(), int(item["injected"])

@@ -47,8 +47,12 @@ def make_loggers(cfg: DictConfig) -> list[Any]:
         if str(spec._target_).endswith("WandbLogger"):
             spec = OmegaConf.merge({"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}, spec)
             if not spec.get("offline", False) and (reason := wandb_unreachable()):
-                log.warning("W&B online is not possible: %s. Logging offline under %s; upload later with "
-                            "`wandb sync <dir>/wandb/offline-run-*`.", reason, spec.save_dir)
+                log.warning(
+                    "W&B online is not possible: %s. Logging offline under %s; upload later with "
+                    "`wandb sync <dir>/wandb/offline-run-*`.",
+                    reason,
+                    spec.save_dir,
+                )
                 spec = OmegaConf.merge(spec, {"offline": True})
         loggers.append(instantiate(spec))
     return loggers

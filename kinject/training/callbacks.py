@@ -43,8 +43,12 @@ class TrainingEvaluation(L.Callback):
         started = time.perf_counter()
         evaluation = self.evaluator(pl_module.model, trainer.precision_plugin.forward_context())
         if trainer.is_global_zero:
-            log.info("evaluation at step %d took %.1f s on %d rank(s)", step, time.perf_counter() - started,
-                     trainer.world_size)
+            log.info(
+                "evaluation at step %d took %.1f s on %d rank(s)",
+                step,
+                time.perf_counter() - started,
+                trainer.world_size,
+            )
         if periodic:
             self.curve.append({"step": step, "tokens": step * self.tokens_per_step, **evaluation.metrics})
             for logger in trainer.loggers:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from filelock import FileLock, Timeout
@@ -25,9 +25,12 @@ log = logging.getLogger("kinject")
 def check_devices(cfg: DictConfig) -> None:
     """A GPU trainer on a machine without one is refused with the key and the CPU alternatives."""
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.accelerator", "a machine with a CUDA GPU", cfg.trainer.accelerator,
-                          hint="no GPU is visible here: use trainer=cpu, or trainer=ddp_cpu / fsdp_cpu for several "
-                          "CPU processes")
+        raise ConfigError(
+            "trainer.accelerator",
+            "a machine with a CUDA GPU",
+            cfg.trainer.accelerator,
+            hint="no GPU is visible here: use trainer=cpu, or trainer=ddp_cpu / fsdp_cpu for several CPU processes",
+        )
 
 
 @contextmanager

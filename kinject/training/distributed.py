@@ -26,10 +26,12 @@ def launcher_rank() -> int:
 
 
 # Used by conf/hydra/default.yaml so that only rank 0 writes `.hydra/` and each rank logs to its own file.
-OmegaConf.register_new_resolver("kinject.rank_zero_only", lambda value: value if launcher_rank() == 0 else None,
-                                replace=True)
-OmegaConf.register_new_resolver("kinject.rank_suffix", lambda: f"_rank{launcher_rank()}" if launcher_rank() else "",
-                                replace=True)
+OmegaConf.register_new_resolver(
+    "kinject.rank_zero_only", lambda value: value if launcher_rank() == 0 else None, replace=True
+)
+OmegaConf.register_new_resolver(
+    "kinject.rank_suffix", lambda: f"_rank{launcher_rank()}" if launcher_rank() else "", replace=True
+)
 
 
 def local_multirun() -> bool:
@@ -46,8 +48,12 @@ def guard_local_ddp(cfg: DictConfig) -> None:
     devices = cfg.trainer.get("devices", 1)
     multi = devices not in (1, "1") or int(cfg.trainer.get("num_nodes", 1)) > 1
     if multi and local_multirun():
-        raise ConfigError("trainer.devices", "1 device per job in a local multirun", devices,
-                          hint="run multi-device jobs one at a time, or sweep with hydra/launcher=slurm")
+        raise ConfigError(
+            "trainer.devices",
+            "1 device per job in a local multirun",
+            devices,
+            hint="run multi-device jobs one at a time, or sweep with hydra/launcher=slurm",
+        )
 
 
 class OncePerStep:
@@ -84,7 +90,9 @@ class FSDP2Strategy(ModelParallelStrategy):
 def fully_shard_llama(model: torch.nn.Module, mesh: DeviceMesh, bf16: bool) -> None:
     """One FSDP unit per decoder layer, the embeddings, final norm and head in the root unit. With bf16
     the weights are gathered and used in bf16, gradients reduced in fp32."""
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)

@@ -22,8 +22,9 @@ def split_loss(logits: torch.Tensor, ids: torch.Tensor, injected: torch.Tensor) 
     """The training loss on injected and on background tokens apart: `train/loss` mixes them in a share that
     grows with F, so it is not comparable across F. Each sequence starts with its `injected` tokens. One
     sequence at a time: a float copy of a whole micro-batch's logits is gigabytes at vocab 32k."""
-    losses = torch.stack([F.cross_entropy(row[:-1].float(), target[1:], reduction="none")
-                          for row, target in zip(logits, ids)])
+    losses = torch.stack(
+        [F.cross_entropy(row[:-1].float(), target[1:], reduction="none") for row, target in zip(logits, ids)]
+    )
     position = torch.arange(1, ids.size(1), device=ids.device)[None, :]
     is_injected = position < injected.to(ids.device)[:, None]
     split = {}
@@ -90,8 +91,11 @@ class CausalLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save non-finite weights, so the last checkpoint on disk is always a good one. Each rank
         checks its own shards; all agree before any writes."""
-        finite = all(bool(torch.isfinite(t.to_local() if isinstance(t, DTensor) else t).all())
-                     for t in checkpoint["state_dict"].values() if t.is_floating_point())
+        finite = all(
+            bool(torch.isfinite(t.to_local() if isinstance(t, DTensor) else t).all())
+            for t in checkpoint["state_dict"].values()
+            if t.is_floating_point()
+        )
         if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             self._diverged("the weights are not finite")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from lightning.fabric.utilities.throughput import measure_flops
@@ -28,8 +29,11 @@ class ModelSpec:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ModelSpec:
         if cfg["hidden_size"] % cfg["num_heads"] or cfg["num_heads"] % cfg["num_kv_heads"]:
-            raise ConfigError("model.num_heads", "heads dividing hidden_size and divisible by num_kv_heads",
-                              (cfg["hidden_size"], cfg["num_heads"], cfg["num_kv_heads"]))
+            raise ConfigError(
+                "model.num_heads",
+                "heads dividing hidden_size and divisible by num_kv_heads",
+                (cfg["hidden_size"], cfg["num_heads"], cfg["num_kv_heads"]),
+            )
         return cls(**{key: cfg[key] for key in cls.__dataclass_fields__ if key in cfg})
 
     def llama_config(self, vocab_size: int) -> LlamaConfig:

@@ -66,8 +66,10 @@ class Preemption(L.Callback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is None:
-            log.warning("received %s: stopping after the current optimizer step, with last.ckpt saved at it",
-                        signal.Signals(signum).name)
+            log.warning(
+                "received %s: stopping after the current optimizer step, with last.ckpt saved at it",
+                signal.Signals(signum).name,
+            )
         self.received = signum
         if not self.training:
             raise Preempted(signum)

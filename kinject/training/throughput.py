@@ -64,10 +64,12 @@ def cpu_warning(model: str, flops_per_token: float, tokens: int, threads: int) -
     seconds = training_seconds(flops_per_token, tokens, rate)
     if seconds <= CPU_WARN_AFTER_S:
         return None
-    return (f"model {model} on the CPU: training alone should take about {_duration(seconds)} ({tokens / 1e6:,.1f}M "
-            f"tokens x {flops_per_token / 1e9:.3g} GFLOPs/token at an estimated {rate / 1e9:.0f} GFLOP/s on {threads} "
-            "thread(s)). Make it small with model=tiny (or xs, small), or move it: trainer=gpu on a machine with a "
-            "GPU, hydra/launcher=slurm for a cluster")
+    return (
+        f"model {model} on the CPU: training alone should take about {_duration(seconds)} ({tokens / 1e6:,.1f}M "
+        f"tokens x {flops_per_token / 1e9:.3g} GFLOPs/token at an estimated {rate / 1e9:.0f} GFLOP/s on {threads} "
+        "thread(s)). Make it small with model=tiny (or xs, small), or move it: trainer=gpu on a machine with a "
+        "GPU, hydra/launcher=slurm for a cluster"
+    )
 
 
 def _duration(seconds: float) -> str:
