@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from _common import config
 
+from kinject.cli.train import build_module, build_trainer
 from kinject.run.experiment import prepare
 from kinject.training.throughput import OptimizerStepTimer, mfu, peak_flops
-from train import build_module, build_trainer
 
 WARMUP = 10
 STEPS = 60

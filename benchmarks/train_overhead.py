@@ -16,9 +16,9 @@ import lightning as L
 import torch
 from _common import config
 
+from kinject.cli.train import build_module, build_trainer
 from kinject.run.experiment import Experiment, prepare
 from kinject.training.lightning_module import CausalLM
-from train import build_module, build_trainer
 
 
 def fresh_module(cfg, experiment: Experiment) -> CausalLM:

@@ -17,7 +17,6 @@ import functools
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -25,14 +24,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from kinject import CONF_DIR
 from kinject.budget import Budget, check_injection, check_room, world_size
 from kinject.errors import ConfigError
 from kinject.infusion.formats import InfusionConfig
 from kinject.infusion.schedule import BLOCK_PACKINGS, check_block, check_freq, window_sequences
 from kinject.training.model import ModelSpec, flops_per_token
 from kinject.training.throughput import peak_flops, training_seconds
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass(frozen=True)
@@ -59,14 +57,14 @@ def jobs(overrides: list[str]) -> list[list[str]]:
     """The overrides of every job of `python train.py -m OVERRIDES`, in the basic sweeper's order."""
     parser = OverridesParser.create()
     fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         base = compose("config", overrides=fixed, return_hydra_config=True)
     params = [f"{key}={value}" for key, value in (base.hydra.sweeper.get("params") or {}).items()]
     return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
 
 
 def compose_job(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
@@ -165,8 +163,8 @@ def _value(job: Job, key: str) -> str | None:
     return next((o.split("=", 1)[1] for o in job.overrides if o.split("=", 1)[0] == key), None)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kinject.plan", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kinject-plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="as for python train.py -m, e.g. experiment=paper")
     parser.add_argument("--gpu", default="H100 SXM", help="a GPU of kinject.training.throughput's dense bf16 table")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume")

@@ -162,8 +162,8 @@ def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> 
     return [*COLUMNS, *metrics], sorted(rows, key=lambda row: (row[1], row[3], row[4], row[7]))
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kinject.results", description="complete runs as CSV on stdout")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kinject-results", description="complete runs as CSV on stdout")
     parser.add_argument("folders", nargs="+", help="searched recursively for results.json")
     parser.add_argument("--metrics-from", metavar="FILE", help="each run's metrics from this file in its folder")
     args = parser.parse_args(argv)

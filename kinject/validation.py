@@ -203,5 +203,10 @@ def markdown() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
+def main() -> int:
     print(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    main()

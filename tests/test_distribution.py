@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
-from evaluate import evaluate
+from kinject.cli.evaluate import evaluate
 from kinject.fingerprint import fingerprint
 from kinject.training.devices import free_gpu, job_devices
 from kinject.training.distributed import FSDP2Strategy, fully_shard_llama

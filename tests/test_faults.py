@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import train as train_script
 from kinject import results
+from kinject.cli import train as train_script
 from kinject.files import write_json_atomic
 from kinject.training.checkpoint import AtomicCheckpointIO
 from kinject.training.lightning_module import CausalLM

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fit_law
+from kinject.cli import fit_law
 from kinject.law.runs import load_csv, load_runs, load_wandb, to_groups
 
 MODELS = {"tiny": 1e5, "small": 4e5, "base": 1.6e6, "large": 6.4e6}  # non-embedding N

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import train as train_script
 from kinject import results
+from kinject.cli import train as train_script
 from kinject.evaluation.scoring import scores_without_ceiling
 from kinject.run.experiment import prepare
 from kinject.training.lightning_module import split_loss

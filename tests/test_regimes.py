@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-import fit_law
+from kinject.cli import fit_law
 from kinject.law import regimes
 
 FREQS = (0, 2, 8, 32, 128, 512)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import train as train_script
-from evaluate import export
 from kinject import results
+from kinject.cli import train as train_script
+from kinject.cli.evaluate import export
 from kinject.errors import ConfigError
 from kinject.training.lightning_module import CausalLM
 from tests.conftest import ROOT, TINY

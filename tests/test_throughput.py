@@ -9,7 +9,8 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-import train as train_script
+from kinject.cli import train as train_script
+from kinject.cli.train import build_module, build_trainer
 from kinject.run.experiment import prepare
 from kinject.training.model import ModelSpec, flops_per_token
 from kinject.training.throughput import (
@@ -21,7 +22,6 @@ from kinject.training.throughput import (
     training_seconds,
 )
 from tests.conftest import ROOT
-from train import build_module, build_trainer
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-import train as train_script
-from evaluate import evaluate
 from kinject import results
+from kinject.cli import train as train_script
+from kinject.cli.evaluate import evaluate
 from kinject.training.lightning_module import CausalLM
 from tests.conftest import ROOT, TINY
 
@@ -188,7 +188,7 @@ def test_bad_config_exits_before_training_with_the_key_named(tmp_path, cache_dir
 def test_export_round_trip_loads_in_plain_transformers(make_cfg, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evaluate import export
+    from kinject.cli.evaluate import export
 
     cfg = make_cfg()
     train_script.train(cfg)

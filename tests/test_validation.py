@@ -74,7 +74,7 @@ def test_values_that_must_agree_with_each_other(make_cfg, overrides, match):
 
 
 def test_evaluate_names_a_missing_checkpoint(tmp_path):
-    from evaluate import evaluate
+    from kinject.cli.evaluate import evaluate
 
     with pytest.raises(ConfigError, match=r"ckpt: expected a checkpoint file from train\.py or a folder"):
         evaluate(tmp_path / "nope.ckpt")

@@ -10,15 +10,14 @@ replayed from the start of each lane, so late steps of a long run take a while t
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from kinject import CONF_DIR
 from kinject.errors import ConfigError
 from kinject.run.experiment import prepare
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 OPEN, CLOSE = "⟦", "⟧"
 
 
@@ -44,13 +43,14 @@ def show(cfg: DictConfig, step: int, ids: bool = False) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     options = dict(arg.split("=", 1) for arg in argv if arg.split("=", 1)[0] in ("step", "ids"))
     overrides = [arg for arg in argv if arg.split("=", 1)[0] not in ("step", "ids")]
     if not options.get("step", "").isdigit():
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     try:
         print(show(cfg, int(options["step"]), options.get("ids", "false").lower() == "true"))

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -56,3 +57,31 @@ def make_loggers(cfg: DictConfig) -> list[Any]:
                 spec = OmegaConf.merge(spec, {"offline": True})
         loggers.append(instantiate(spec))
     return loggers
+
+
+def log_hyperparams(loggers: list[Any], config: dict[str, Any], derived: dict[str, Any]) -> None:
+    """The resolved config, with what the run derived from it (parameters, budget, infusion) under `derived`."""
+    for logger in loggers:
+        logger.log_hyperparams({**config, "derived": derived})
+
+
+def log_final(
+    loggers: list[Any], metrics: dict[str, float], per_relation: dict[str, dict[str, float]], step: int
+) -> None:
+    """Final metrics (they become the W&B summary) and a per-relation accuracy table."""
+    rows = [[suite, relation, acc] for suite, table in per_relation.items() for relation, acc in table.items()]
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        if hasattr(logger, "log_table"):
+            logger.log_table("per_relation", columns=["suite", "relation", "acc_token"], data=rows, step=step)
+
+
+def close_loggers(loggers: list[Any], outcome: str) -> None:
+    """Always finish W&B, or the next job of a multirun logs into this run."""
+    for logger in loggers:
+        logger.finalize(outcome)
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
