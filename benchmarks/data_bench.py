@@ -25,11 +25,10 @@ import torch  # noqa: E402
 from filter_bench import english_documents  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from kinject import CONF_DIR  # noqa: E402
 from kinject.data.tokenizer import encode_documents  # noqa: E402
 from kinject.infusion.sequences import StepBatches, StepSampler  # noqa: E402
 from kinject.run.experiment import prepare  # noqa: E402
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def write_corpus(folder: Path, docs: list[str], files: int = 4, row_group_size: int = 1000) -> None:
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     mb = sum(p.stat().st_size for p in folder.glob("*.parquet")) / 1e6
     batch = 16
     steps = args.tokens // (batch * args.seq_len) + 1
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[

@@ -1,6 +1,6 @@
 """What checking every JSON-lines line before training costs: the pre-check pass (`Corpus.check`) in MB/s.
 
-PYTHONPATH=. python benchmarks/file_check.py [--mb 64]
+python benchmarks/file_check.py [--mb 64]
 """
 
 from __future__ import annotations

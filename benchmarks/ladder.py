@@ -1,4 +1,4 @@
-"""Parameter counts and training FLOPs per token of every model config (a markdown table for the README).
+"""Parameter counts and training FLOPs per token of every model config (the markdown table of docs/performance.md).
 
     python benchmarks/ladder.py [--seq-len 2048]
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from _common import ROOT, config
+from _common import config
 
+from kinject import CONF_DIR
 from kinject.training.model import ModelSpec, build, count_params, flops_per_token
 
 
@@ -20,7 +21,7 @@ def main() -> None:
     parser.add_argument("--tokenizer-vocab", type=int, default=2655, help="vocabulary of models with vocab_size: null")
     args = parser.parse_args()
     names = sorted(
-        (p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")),
+        (p.stem for p in (CONF_DIR / "model").glob("*.yaml")),
         key=lambda n: count_params(
             build(ModelSpec.from_config(config(f"model={n}").model), args.tokenizer_vocab, device="meta")
         )[0],

@@ -5,7 +5,7 @@ Each cell is `--sweeps` simulated sweeps of F in {2, 8, 32, 128, 512} with per-i
 facts at every F and seed) and seed-to-seed noise of `--seed-sd` on P at each F; the verdict is
 kinject.law.curves.fit_curve's (bootstrap shape test and AICc), with `--bootstrap` resamples.
 
-    PYTHONPATH=. python benchmarks/peak_power.py [--sweeps 200] [--bootstrap 200] [--seed-sd 0.05]
+    python benchmarks/peak_power.py [--sweeps 200] [--bootstrap 200] [--seed-sd 0.05]
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class Budget:
 
 def check_injection(budget: Budget, injected_tokens: int, exposures: int, freq: int, max_share: float) -> None:
     """Refuses an injection over `max_share` of the tokens trained: a run before training, the plan
-    (`python -m kinject.plan`) for each of its jobs."""
+    (`kinject-plan`) for each of its jobs."""
     total = budget.tokens_trained
     share = injected_tokens / total
     if share > max_share:

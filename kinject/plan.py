@@ -1,7 +1,7 @@
 """The cost of a sweep before it runs: every job with its tokens, injected share, steps and GPU-hours, and the
 jobs a run would refuse, with why.
 
-    python -m kinject.plan experiment=paper [OVERRIDES...] [--gpu "H100 SXM"] [--mfu 0.4] [--statement-tokens 13]
+    kinject-plan experiment=paper [OVERRIDES...] [--gpu "H100 SXM"] [--mfu 0.4] [--statement-tokens 13]
 
 Needs no GPU, network or data. The config is composed as train.py composes it and the sweep expanded as
 Hydra's basic sweeper expands it (`hydra.sweeper.params` and command-line lists); the budget and what is
@@ -17,6 +17,7 @@ import functools
 import math
 import sys
 from dataclasses import dataclass
+from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -56,7 +57,8 @@ class Assumptions:
 def jobs(overrides: list[str]) -> list[list[str]]:
     """The overrides of every job of `python train.py -m OVERRIDES`, in the basic sweeper's order."""
     parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    # parse_overrides sets input_line on every override it returns
+    fixed = cast(list[str], [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()])
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         base = compose("config", overrides=fixed, return_hydra_config=True)
     params = [f"{key}={value}" for key, value in (base.hydra.sweeper.get("params") or {}).items()]
@@ -75,7 +77,7 @@ def _flops(spec: ModelSpec, vocab: int, seq_len: int) -> float:
 
 def cost(cfg: DictConfig, overrides: list[str], assumed: Assumptions) -> Job:
     """One job: what it trains and what it costs, or why a run would refuse it."""
-    spec = ModelSpec.from_config(OmegaConf.to_container(cfg.model, resolve=True))
+    spec = ModelSpec.from_config(cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)))  # a mapping
     if spec.vocab_size is None:
         raise ConfigError(
             "model.vocab_size",

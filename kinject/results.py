@@ -1,10 +1,10 @@
 """The per-run results file: the source of truth that fit_law.py reads (W&B only mirrors it).
 
-Schema `kinject.results/1` (documented in the README): status, run, model, budget, infusion,
+Schema `kinject.results/1` (documented in docs/results-schema.md): status, run, model, budget, infusion,
 metrics, curve, items (per-item outcomes per suite) and the full resolved config. A record is
 started, completed or failed, and read here alone; `complete_runs` is the one definition of which
 runs count, shared by train.py (skip what is done), this module's CSV and fit_law.py.
-`python -m kinject.results FOLDER... > runs.csv` flattens the complete runs below folders into a table;
+`kinject-results FOLDER... > runs.csv` flattens the complete runs below folders into a table;
 `--metrics-from in_sequence.json` takes each run's metrics from that file beside its record instead (what
 `evaluate.py ... out=RUN/in_sequence.json` wrote when it re-scored the run on other suites).
 """

@@ -1,7 +1,7 @@
 """Every scalar config value a user sets, checked in one place before anything is built or trained.
 
-Each rule names its key, its type and its range or choices; the README's bad-input table is printed
-from these rules (`python -m kinject.validation`), and the tests try a wrong type and an
+Each rule names its key, its type and its range or choices; the bad-input table of docs/bad-input.md is
+printed from these rules (`kinject-rules`), and the tests try a wrong type and an
 out-of-range value for every one of them. Checks that need more than one value (an injection that
 must fit the budget, a batch that must divide over the devices) live where those values meet.
 """
@@ -197,7 +197,7 @@ def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def markdown() -> str:
-    """The README's table of what each key accepts."""
+    """The table of what each key accepts (docs/bad-input.md)."""
     rows = ["| key | accepts |", "|---|---|"]
     rows += [f"| `{rule.key}` | {rule.expected()} |" for rule in RULES]
     return "\n".join(rows)

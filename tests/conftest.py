@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -20,6 +22,22 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "threads=1",
 ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run only where CUDA is available."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+def console_script(name: str) -> str:
+    """The path of an installed console script of this environment (`pip install -r requirements.txt`)."""
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} is not installed in {path.parent}: run `pip install -r requirements.txt`"
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def _assert_same_run(a: dict, b: dict) -> None:
         assert np.allclose(record["logprob"], b["items"][suite]["logprob"], atol=2e-3), suite
 
 
+@pytest.mark.slow
 def test_ddp_and_fsdp_with_accumulation_and_periodic_evaluation_match_one_process(tmp_path, cache_dir):
     """Two gloo ranks, 2 micro-batches per step on each, evaluating every 4 steps: the case that hung
     (a barrier reached a different number of times per rank) and the one that failed (FSDP evaluation)."""
@@ -123,6 +124,7 @@ def test_weight_decay_groups_by_name_on_a_sharded_model(make_cfg, tmp_path):
     assert decay["weight_decay"] == cfg.optim.weight_decay and no_decay["weight_decay"] == 0
 
 
+@pytest.mark.slow
 def test_local_multirun_refuses_multi_device_jobs(tmp_path, cache_dir):
     done = _run(
         "trainer=ddp_cpu",

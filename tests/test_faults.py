@@ -44,6 +44,7 @@ def uninterrupted(tmp_path_factory, cache_dir) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, cache_dir, uninterrupted):
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen(
@@ -69,6 +70,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
     assert flat[0] == pytest.approx(flat[1], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_records_it_exits_non_zero_and_the_same_command_resumes(
     tmp_path, cache_dir, uninterrupted
 ):
@@ -169,6 +171,7 @@ def test_a_crash_while_writing_results_keeps_the_previous_file(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
+@pytest.mark.slow
 def test_wandb_online_without_network_falls_back_to_offline_within_seconds(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")

@@ -91,6 +91,7 @@ def test_collapse_point_halves_the_peak() -> None:
     assert fit.collapse_f == pytest.approx(collapse(fit.f_star, fit.plain.b), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_law_recovery_rate() -> None:
     """Five sizes simulated from known (A, alpha, E) with binomial noise: the intervals of A, alpha
     and E, and the prediction interval of the held-out largest model, cover the truth at a high rate."""
@@ -200,6 +201,7 @@ def test_plateau_at_one_has_no_optimum() -> None:
     assert fit.f_star is None and fit.f_star_ci is None and fit.model_free is None
 
 
+@pytest.mark.slow
 def test_interior_optimum_verdict_on_simulated_sweeps() -> None:
     """200 simulated sweeps of the ladder's grid, 3 seeds (seed SD 0.05), 300 facts: a true plateau
     (monotone saturation at 0.8) is called an interior optimum at most 10% of the time, a true fall of

@@ -104,6 +104,7 @@ def test_fixed_background_reads_every_lane_of_a_streamed_corpus_the_same_at_ever
     )
 
 
+@pytest.mark.slow
 def test_a_run_records_the_tradeoff_and_both_training_losses(make_cfg):
     cfg = make_cfg("eval.tradeoff_weight=0.25")
     train_script.train(cfg)

@@ -4,6 +4,7 @@ would refuse, refused by the run's own rules."""
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 from omegaconf import OmegaConf
@@ -13,7 +14,7 @@ from kinject.errors import ConfigError
 from kinject.fingerprint import settings
 from kinject.run.experiment import prepare
 from kinject.training.model import ModelSpec, flops_per_token
-from tests.conftest import ROOT
+from tests.conftest import ROOT, console_script
 
 SIZES = ("137m", "300m", "562m", "1.05b", "3b")
 
@@ -22,6 +23,7 @@ def _rows(out: str) -> list[list[str]]:
     return [line.split(maxsplit=7) for line in out.splitlines() if re.match(r"^\S+\s+\d+\s+[\d.]+B", line)]
 
 
+@pytest.mark.slow
 def test_the_paper_preset_is_30_jobs_with_tokens_steps_and_gpu_hours_and_their_total(capsys):
     assert plan.main(["experiment=paper"]) == 0
     out = capsys.readouterr().out
@@ -86,3 +88,13 @@ def test_the_plan_refuses_blocks_and_frequencies_a_window_cannot_hold(capsys, ma
 def test_a_search_instead_of_a_grid_is_a_clear_error(capsys):
     assert plan.main(["experiment=search_freq"]) == 2
     assert "bad plan:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_plan_console_script_runs_from_any_folder(tmp_path):
+    """The installed package finds its configs from outside the checkout."""
+    done = subprocess.run(
+        [console_script("kinject-plan"), "experiment=paper"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plan of python train.py -m experiment=paper: 30 jobs" in done.stdout

@@ -22,6 +22,7 @@ def _record(folder: Path) -> dict:
     return results.read(folder / "results.json")
 
 
+@pytest.mark.slow
 def test_a_complete_folder_is_not_skipped_for_other_settings(make_cfg, tmp_path):
     folder = tmp_path / "run"
     train_script.train(make_cfg(output_dir=folder))
@@ -42,6 +43,7 @@ def test_a_complete_folder_is_not_skipped_for_other_settings(make_cfg, tmp_path)
     assert train_script.train(make_cfg(output_dir=folder)) == _record(folder)["metrics"]["memorization/acc_token"]
 
 
+@pytest.mark.slow
 def test_a_cut_off_run_is_not_resumed_by_other_settings_and_overwrite_starts_clean(make_cfg, tmp_path, monkeypatch):
     folder = tmp_path / "run"
     original = CausalLM.training_step
@@ -67,6 +69,7 @@ def test_a_cut_off_run_is_not_resumed_by_other_settings_and_overwrite_starts_cle
     assert record["fingerprint"] != ""
 
 
+@pytest.mark.slow
 def test_settings_that_do_not_change_what_is_trained_may_differ_on_resume(make_cfg, tmp_path):
     folder = tmp_path / "run"
     train_script.train(make_cfg(output_dir=folder))
@@ -77,6 +80,7 @@ def test_settings_that_do_not_change_what_is_trained_may_differ_on_resume(make_c
     assert _record(folder)["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_recorded_with_its_step_and_resumes(make_cfg, tmp_path, monkeypatch):
     folder = tmp_path / "run"
     original = CausalLM.training_step
@@ -104,6 +108,7 @@ def _cli(*args: str, script: str = "train.py") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_an_added_key_that_nothing_reads_is_refused_with_the_nearest_one(tmp_path, cache_dir):
     common = (*TINY, f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}")
     done = _cli(*common, "+infusion.frq=8")
@@ -136,6 +141,7 @@ def test_a_gpu_trainer_without_a_gpu_is_named(make_cfg):
         train_script.train(make_cfg("trainer=gpu"))
 
 
+@pytest.mark.slow
 def test_evaluate_without_a_checkpoint_or_with_another_file_names_ckpt(tmp_path):
     done = _cli(script="evaluate.py")
     assert (
@@ -148,6 +154,7 @@ def test_evaluate_without_a_checkpoint_or_with_another_file_names_ckpt(tmp_path)
     assert "weights_only" not in done.stderr + done.stdout
 
 
+@pytest.mark.slow
 def test_export_refuses_a_folder_that_holds_files(make_cfg, tmp_path):
     cfg = make_cfg()
     train_script.train(cfg)
@@ -161,11 +168,13 @@ def test_export_refuses_a_folder_that_holds_files(make_cfg, tmp_path):
     assert (export(ckpt, folder, overwrite=True) / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_fit_law_refuses_a_folder_as_report_path(tmp_path):
     done = _cli(str(tmp_path), "--out", str(tmp_path), script="fit_law.py")
     assert done.returncode == 2 and "--out: expected a file path for the JSON report" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_setting_added_since_a_run_was_written_does_not_refuse_its_folder(make_cfg, tmp_path):
     folder = tmp_path / "run"
     train_script.train(make_cfg(output_dir=folder))

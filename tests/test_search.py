@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from optuna.trial import TrialState
 from hydra_plugins.kinject_optuna.config import OptunaSweeperConf
 from hydra_plugins.kinject_optuna.sweeper import FREQ, law_estimate, search_space, warm_start_points
 from kinject.errors import ConfigError
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, console_script
 
 REPORT = {
     "schema": "kinject.fit_law/1",
@@ -36,12 +35,12 @@ REPORT = {
 
 
 def _search(root: Path, cache_dir: Path, n_trials: int, storage: Path) -> None:
-    """The real CLI on the smoke preset, whose budget F = 2000 exceeds: that trial fails."""
+    """The real CLI (the kinject-train console script, run outside the checkout) on the smoke preset, whose budget
+    F = 2000 exceeds: that trial fails."""
     report = root / "report.json"
     report.write_text(json.dumps(REPORT))
     command = [
-        sys.executable,
-        "train.py",
+        console_script("kinject-train"),
         "-m",
         *TINY,
         "experiment=[smoke,search_freq]",
@@ -54,7 +53,8 @@ def _search(root: Path, cache_dir: Path, n_trials: int, storage: Path) -> None:
         f"hydra.sweeper.law_report={report}",
         "hydra.sweeper.law_group=tiny",
     ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # from a folder other than the checkout: the installed console script finds the sweeper plugin
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -70,6 +70,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_search_stores_its_trials_and_each_is_a_normal_run(searched):
     trials = _trials(searched / "study.db")
     assert len(trials) == 4
@@ -83,16 +84,19 @@ def test_a_search_stores_its_trials_and_each_is_a_normal_run(searched):
     assert best.best_value == max(t.value for t in complete)
 
 
+@pytest.mark.slow
 def test_the_law_informed_start_places_the_first_trials_where_the_report_says(searched):
     assert [t.params[FREQ] for t in _trials(searched / "study.db")[:3]] == [8, 2, 2000]
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_as_failed_and_the_search_goes_on(searched):
     trials = _trials(searched / "study.db")
     assert trials[2].params[FREQ] == 2000 and trials[2].state == TrialState.FAIL
     assert trials[3].state.is_finished()
 
 
+@pytest.mark.slow
 def test_a_rerun_continues_the_study_up_to_its_total(searched, tmp_path, cache_dir):
     storage = tmp_path / "study.db"
     shutil.copy(searched / "study.db", storage)

@@ -23,6 +23,7 @@ def _results(path: Path) -> dict:
     return json.loads((path / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_train_writes_results_and_evaluate_reproduces_them(make_cfg, tmp_path):
     cfg = make_cfg("eval.every_n_steps=16")
     metric = train_script.train(cfg)
@@ -48,6 +49,7 @@ def test_train_writes_results_and_evaluate_reproduces_them(make_cfg, tmp_path):
     assert other.metrics["memorization/acc_token"] == again.metrics["memorization/acc_token"]
 
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_to_the_same_result_as_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch):
     overrides = ("tokens=8192", "trainer.checkpoint.every_n_steps=2", "infusion.freq=2")
     straight = make_cfg(*overrides, output_dir=tmp_path / "straight")
@@ -79,6 +81,7 @@ def test_a_crashed_run_resumes_to_the_same_result_as_an_uninterrupted_one(make_c
         assert torch.allclose(weights[0][key], weights[1][key], atol=1e-5), key
 
 
+@pytest.mark.slow
 def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     command = [
@@ -121,6 +124,7 @@ def test_cli_multirun_over_frequencies(tmp_path, cache_dir):
     assert "memorization/acc_token" not in header
 
 
+@pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_sweep_and_a_rerun_redoes_only_it(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     command = [
@@ -147,6 +151,7 @@ def test_a_failed_job_does_not_stop_the_sweep_and_a_rerun_redoes_only_it(tmp_pat
     assert done.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_paper_sizes_resolve_without_training():
     done = subprocess.run(
         [sys.executable, "train.py", "model=562m", "infusion.freq=100", "--cfg", "job"],
@@ -165,6 +170,7 @@ def test_unknown_model_name_is_a_clear_error():
             compose("config", overrides=["model=huge"])
 
 
+@pytest.mark.slow
 def test_bad_config_exits_before_training_with_the_key_named(tmp_path, cache_dir):
     done = subprocess.run(
         [
@@ -185,6 +191,7 @@ def test_bad_config_exits_before_training_with_the_key_named(tmp_path, cache_dir
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_export_round_trip_loads_in_plain_transformers(make_cfg, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -203,6 +210,7 @@ def test_export_round_trip_loads_in_plain_transformers(make_cfg, tmp_path):
     assert evaluate(folder).metrics == pytest.approx(evaluate(ckpt).metrics, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_each_job_gets_its_own_offline_wandb_run_and_finishes_it(make_cfg, tmp_path, monkeypatch):
     import wandb
 
@@ -227,6 +235,7 @@ def _saved_steps(make_cfg, tmp_path, name: str, *overrides: str) -> list[int]:
     return [int(line) for line in log.read_text().split()]
 
 
+@pytest.mark.slow
 def test_last_checkpoint_by_steps_or_by_wall_time_and_always_at_the_end(make_cfg, tmp_path):
     """32 steps of 2 micro-batches each: one save per due optimizer step, never one per micro-batch."""
     assert _saved_steps(make_cfg, tmp_path, "steps", "trainer.checkpoint.every_n_steps=10") == [10, 20, 30, 32]
@@ -235,6 +244,7 @@ def test_last_checkpoint_by_steps_or_by_wall_time_and_always_at_the_end(make_cfg
     assert _saved_steps(make_cfg, tmp_path, "always", by_time[0], by_time[1] + "1e-9") == list(range(1, 33))
 
 
+@pytest.mark.slow
 def test_evaluation_runs_under_the_training_precision(make_cfg):
     """A bf16-mixed run is scored under bf16 autocast inside fit (not in fp32 after it): evaluate.py under the
     run's precision reproduces it, and fp32 scores differ."""
@@ -261,8 +271,9 @@ def test_progress_bar_follows_the_terminal_unless_set(make_cfg, monkeypatch):
         assert (trainer.progress_bar_callback is not None) == tty
 
 
+@pytest.mark.slow
 def test_show_batch_cli_prints_a_step_without_a_hydra_run(cache_dir):
-    """Composed outside a Hydra run, as `python -m kinject.run.show_batch` does: no interpolation may need one."""
+    """Composed outside a Hydra run, as `kinject-show-batch` does: no interpolation may need one."""
     done = subprocess.run(
         [
             sys.executable,
@@ -280,3 +291,15 @@ def test_show_batch_cli_prints_a_step_without_a_hydra_run(cache_dir):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("step 1: sequences 8 to 15")
+
+
+@pytest.mark.gpu
+def test_a_run_on_the_gpu_trains_in_mixed_precision_and_evaluate_reproduces_it_there(make_cfg):
+    cfg = make_cfg("trainer=gpu", "eval.every_n_steps=16")
+    train_script.train(cfg)
+    record = _results(Path(cfg.paths.output_dir))
+    assert record["status"] == "complete" and record["config"]["trainer"]["precision"] in ("bf16-mixed", "16-mixed")
+    again = evaluate(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", device="cuda")
+    assert again.metrics["memorization/acc_token"] == pytest.approx(
+        record["metrics"]["memorization/acc_token"], abs=1e-3
+    )

@@ -46,7 +46,7 @@ def load(path: str | Path, suites: list[str] | None = None) -> tuple[Experiment,
     path = Path(path)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         config = json.loads((path / CONFIG_FILE).read_text())
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path)
     elif path.is_file() or (path / _METADATA_FILENAME).is_file():
         try:
             checkpoint: dict[str, Any] = (
@@ -82,13 +82,16 @@ def evaluate(
     experiment, model, config = load(path, suites)
     target = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     chosen = config["trainer"]["precision"] if precision == "auto" else precision
-    return experiment.evaluator(model.to(target), precision_context(str(chosen), target))
+    return experiment.evaluator(
+        model.to(target),  # type: ignore[arg-type]  # transformers' @wraps on PreTrainedModel.to hides the method
+        precision_context(str(chosen), target),
+    )
 
 
 def precision_context(precision: str, device: torch.device) -> AbstractContextManager:
     """Autocast for Lightning's mixed precisions ("bf16-mixed", "16-mixed"), full precision otherwise."""
     if precision.endswith("-mixed"):
-        return MixedPrecision(precision, device.type).forward_context()
+        return MixedPrecision(precision, device.type).forward_context()  # type: ignore[arg-type]  # it checks the name
     return contextlib.nullcontext()
 
 

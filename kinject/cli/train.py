@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -56,9 +56,9 @@ def build_module(
     receive rank 0's)."""
     budget = experiment.budget
     module = CausalLM(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
+        model=cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)),  # mapping nodes give dicts
         vocab_size=experiment.vocab_size,
-        **OmegaConf.to_container(cfg.optim, resolve=True),
+        **cast(dict[str, Any], OmegaConf.to_container(cfg.optim, resolve=True)),
         total_steps=budget.steps,
         on_meta=on_meta,
     )
@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     validate(cfg)
     if HydraConfig.initialized():
         check_additions(cfg, list(HydraConfig.get().overrides.task))
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # the root config is a mapping
     claim(output_dir, config, bool(cfg.overwrite))
     done = results.complete_at(output_dir) if cfg.skip_complete else None
     if done is not None:
@@ -174,7 +174,7 @@ def _set_up_process(cfg: DictConfig) -> None:
 
 
 def _warn_if_slow_on_cpu(cfg: DictConfig, experiment: Experiment, flops: float) -> None:
-    if cfg.trainer.accelerator == "cpu" and rank_zero_only.rank == 0:
+    if cfg.trainer.accelerator == "cpu" and rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # set by Lightning
         warning = cpu_warning(cfg.model.name, flops, experiment.budget.tokens_trained, torch.get_num_threads())
         if warning:
             log.warning(warning)

@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from filelock import FileLock
@@ -20,6 +21,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from kinject.errors import ConfigError
 from kinject.files import write_atomic
+
+if TYPE_CHECKING:
+    from transformers import SentencePieceBackend
 
 EOS = "<|endoftext|>"
 
@@ -59,7 +63,7 @@ def load_file(path: str | os.PathLike) -> PreTrainedTokenizerFast:
 UNGATED = {"meta-llama/Llama-2-7b-hf": "NousResearch/Llama-2-7b-hf"}
 
 
-def load_hub(name: str) -> PreTrainedTokenizerFast:
+def load_hub(name: str) -> PreTrainedTokenizerFast | SentencePieceBackend:
     """A pretrained tokenizer by hub name or local folder (offline users pass a folder). When the hub refuses it,
     one line says why (a gated repository, or no answer from the hub) and what to use instead."""
     try:
@@ -77,9 +81,9 @@ def load_hub(name: str) -> PreTrainedTokenizerFast:
 
 
 def _refused(name: str, error: OSError) -> str:
-    causes = [error]
+    causes: list[BaseException] = [error]
     while causes[-1].__cause__ is not None or causes[-1].__context__ is not None:
-        causes.append(causes[-1].__cause__ or causes[-1].__context__)
+        causes.append(cast(BaseException, causes[-1].__cause__ or causes[-1].__context__))  # not None: loop test
     copy = UNGATED.get(name)
     instead = (
         f"a local folder holding its files (data.tokenizer.name=/path/to/folder), an ungated copy of the same "
@@ -94,7 +98,7 @@ def _refused(name: str, error: OSError) -> str:
     return f"The hub did not give it ({type(error).__name__}: {first_line}). Use {instead}"
 
 
-def build(cfg, texts: Iterable[str], cache_dir: str) -> PreTrainedTokenizerFast:
+def build(cfg, texts: Iterable[str], cache_dir: str) -> PreTrainedTokenizerFast | SentencePieceBackend:
     """The tokenizer a config asks for: `kind: bpe` trains on `texts`, `kind: hub` loads `name`."""
     if cfg.kind == "bpe":
         return train_bpe(list(texts), int(cfg.vocab_size), cache_dir)
@@ -106,7 +110,7 @@ def build(cfg, texts: Iterable[str], cache_dir: str) -> PreTrainedTokenizerFast:
 def encode_documents(tokenizer, texts: Sequence[str], batch: int = 1024) -> list[np.ndarray]:
     """Each text as [EOS] + tokens: EOS marks a document start, as in the evaluation prompts."""
     eos = tokenizer.eos_token_id
-    out = []
+    out: list[np.ndarray] = []
     for i in range(0, len(texts), batch):
         encoded = tokenizer(list(texts[i : i + batch]), add_special_tokens=False)["input_ids"]
         out.extend(np.array([eos, *ids], dtype=np.int32) for ids in encoded)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -157,7 +157,7 @@ class Evaluator:
     def __init__(
         self,
         tokenizer,
-        suites: dict[str, Sequence[Item]],
+        suites: Mapping[str, Sequence[Item]],
         heldout: torch.Tensor,
         batch_items: int = 64,
         heldout_batch: int = 4,

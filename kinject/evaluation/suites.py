@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def extraction(inputs: SuiteInputs) -> list[Item]:
     prompts = [extraction_prompt(knowledge, f) for f in knowledge.facts]
     if any(p is None for p in prompts):
         return []
-    return multiple_choice(knowledge, prompts, inputs.seed)
+    return multiple_choice(knowledge, cast(list[str], prompts), inputs.seed)  # no None: checked above
 
 
 @SUITES.register("question")
@@ -91,7 +92,8 @@ def _background_items(inputs: SuiteInputs, template: Callable[[Relation], str | 
     templates = [template(known.relations[f.relation]) for f in chosen]
     if any(t is None for t in templates):
         return []
-    prompts = [known.relations[f.relation].prompt(t, f.subject) for f, t in zip(chosen, templates)]
+    present = cast(list[str], templates)  # no None: checked above
+    prompts = [known.relations[f.relation].prompt(t, f.subject) for f, t in zip(chosen, present)]
     return multiple_choice(known, prompts, inputs.eval_seed, facts=chosen)
 
 

@@ -102,6 +102,7 @@ def plan(
             order = rng.permutation(num_facts)
         offset = rng.random()
         if packing in BLOCK_PACKINGS:
+            assert lengths is not None, "block packings need the lengths of the exposures"
             rows = _rows(lengths[k][order], seq_len)
             check_block(int(rows[-1]) + 1, stop - start, num_facts, packing)
             sequences.append(start + int(offset * (stop - start - int(rows[-1]))) + rows)

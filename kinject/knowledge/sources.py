@@ -8,6 +8,7 @@ on first use (only the sources that need it pay for it). A new source is one fun
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,5 +37,5 @@ def synthetic(cfg: DictConfig, world: Callable[[], World]) -> KnowledgeSet:
 def wikidata_triples(cfg: DictConfig, world: Callable[[], World]) -> KnowledgeSet:
     """Triples from local Wikidata / LAMA T-REx files, rendered with the configured templates."""
     include = list(cfg.include) if cfg.include is not None else None
-    relations = OmegaConf.to_container(cfg.relations, resolve=True)
+    relations = cast(dict[str, Any], OmegaConf.to_container(cfg.relations, resolve=True))  # a mapping node
     return wikidata.load(cfg.files, relations, include, int(cfg.num_facts), int(cfg.seed))

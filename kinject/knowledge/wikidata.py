@@ -76,7 +76,7 @@ def _text(path: str) -> str:
 def _triple(where: str, record: Any) -> Triple:
     if isinstance(record, dict):
         for layout in LAYOUTS:
-            values = [record.get(key) for key in layout]
+            values: list[Any] = [record.get(key) for key in layout]
             if all(isinstance(v, str) and v.strip() for v in values):
                 return Triple(*(v.strip() for v in values))
     raise ConfigError(where, EXPECTED, record)

@@ -139,7 +139,7 @@ class World:
     def _facts_about(
         self, people: list[str], rng: np.random.Generator, relations: list[str] | None = None
     ) -> list[Fact]:
-        facts = []
+        facts: list[Fact] = []
         for person in people:
             for name in relations or self.relations:
                 obj = str(rng.choice(self.objects[self.relations[name].object_type]))  # type: ignore[index]

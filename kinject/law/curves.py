@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TypedDict
 
 import numpy as np
 from scipy import optimize, special
@@ -112,7 +113,10 @@ class CurveFit:
 
     @property
     def f_star(self) -> float | None:
-        return self.plain.f_star if self.status == "ok" else None
+        if self.status != "ok":
+            return None
+        assert self.plain is not None  # an "ok" fit always carries its plain form
+        return self.plain.f_star
 
     @property
     def in_range(self) -> bool | None:
@@ -138,7 +142,10 @@ class CurveFit:
     @property
     def collapse_f(self) -> float | None:
         """The F > F* where the fitted P falls to half its peak: how sharp the collapse is."""
-        return float(self.f_star * _collapse_ratio(self.plain.b)) if self.f_star is not None else None
+        if self.f_star is None:
+            return None
+        assert self.plain is not None  # f_star exists only on an "ok" fit, which carries its plain form
+        return float(self.f_star * _collapse_ratio(self.plain.b))
 
     @property
     def collapse_ci(self) -> Interval | None:
@@ -328,6 +335,15 @@ def model_free_peak(freq: np.ndarray, acc: np.ndarray, n_items: np.ndarray, boun
     return float(np.exp(grid[peak])) if 0 < peak < grid.size - 1 else None
 
 
+class _Verdict(TypedDict):
+    """The CurveFit fields that the shape test and the model comparison fill in."""
+
+    test: PeakTest
+    saturating: Saturating
+    aicc: tuple[float | None, float | None]
+    preferred: str
+
+
 def _no_optimum(fit: FormFit) -> str:
     if fit.b > 0:
         return f"c = {fit.c:.3g} <= 0, the fitted P still rises at the largest F"
@@ -378,9 +394,11 @@ def fit_curve(
         return CurveFit(
             "not fitted", f"needs at least 3 distinct frequencies F > 0, got {distinct.size}", span, baseline
         )
-    if not curve.bounded and baseline is None:
-        return CurveFit("not fitted", "an unbounded score needs F = 0 runs: their mean is its floor", span, None)
-    floor = CHANCE if curve.bounded else baseline
+    floor = CHANCE
+    if not curve.bounded:
+        if baseline is None:
+            return CurveFit("not fitted", "an unbounded score needs F = 0 runs: their mean is its floor", span, None)
+        floor = baseline
     plain = fit_form(freq, acc, n_items, 0.0 if curve.bounded else floor, curve.bounded)
     floored = fit_form(freq, acc, n_items, CHANCE) if curve.bounded else None
     weight = _smoothed(acc, n_items, curve.bounded)[1]
@@ -402,7 +420,7 @@ def fit_curve(
             )
         ]
     )
-    verdict = dict(test=test, saturating=saturating, aicc=scores, preferred=preferred)
+    verdict = _Verdict(test=test, saturating=saturating, aicc=scores, preferred=preferred)
     missing = _missing(test, preferred, plain, aicc_gate)
     if missing:
         return CurveFit(
@@ -428,6 +446,7 @@ def fit_curve(
         boot = np.column_stack([np.exp(theta[:, 0]), theta[:, 1], theta[:, 2] / freq.max()])
     fit = CurveFit("ok", f"F* = {plain.f_star:.3g}", span, baseline, plain, floored, boot, model_free, **verdict)
     if not fit.in_range:
+        assert span is not None  # set whenever there are 3 or more distinct frequencies
         notes.append(f"F* = {fit.f_star:.3g} lies outside the swept range [{span[0]:g}, {span[1]:g}]")
     return replace(fit, notes=tuple(notes))
 

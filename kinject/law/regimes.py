@@ -3,7 +3,7 @@ and per metric whether each size has an interior optimum, with the shape test's 
 and the fall. A setting shows collapse on a metric when the paired bootstrap finds a rise and a fall
 for every size; it is confirmed when fit_law's model comparison prefers the rise-and-fall form too.
 
-    python -m kinject.law.regimes multirun/cpu_screen [--metric memorization/acc_token ...] [--out table.json]
+    kinject-regimes multirun/cpu_screen [--metric memorization/acc_token ...] [--out table.json]
         [--model xs --model tiny] [--tokens 1e6]      (only these sizes and this budget: the screen's runs)
 
 The verdicts are fit_law's (law.curves.fit_curve: the paired bootstrap and the model comparison), so a
@@ -120,8 +120,8 @@ def screen(
                     group.model,
                     fit.status == "ok",
                     fit.status,
-                    test and test.p_rise,
-                    test and test.p_fall,
+                    test.p_rise if test else None,
+                    test.p_fall if test else None,
                     test.peak_freq if test else None,
                     len(group.curve.freq),
                     fit.preferred,

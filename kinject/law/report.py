@@ -150,6 +150,7 @@ def _law_json(result: LawResult) -> dict[str, Any]:
     if result.law is None:
         return out
     law, power, varpro = result.law, result.power, result.varpro
+    assert power is not None and varpro is not None  # fitted together with the law
     gap = np.abs(law.log_f_star(result.compute) - varpro.log_f_star(result.compute)).max()
     return out | {
         "points": [
@@ -393,6 +394,7 @@ def fits_figure(analysis: Analysis) -> Figure:
         if fit.f_star is not None:
             ax.axvline(fit.f_star, color="tab:red", lw=1.2, label=f"F* = {fit.f_star:.3g}")
             lo, hi = fit.f_star_ci or (fit.f_star, fit.f_star)
+            assert fit.freq_span is not None  # an optimum was fitted on at least 3 frequencies
             ax.axvspan(lo or fit.freq_span[0], hi or fit.freq_span[1], color="tab:red", alpha=0.15)
         ax.set(xscale="log", xlabel="F (exposures per fact)", ylabel="P (accuracy)" if bounded else "score")
         ax.set_title(_wrapped(f"{group.label}: {fit.status}", 55), fontsize=9)
@@ -425,6 +427,7 @@ def plot_law(analysis: Analysis, path: Path) -> Path:
         ax.plot(
             grid, np.exp(result.law.log_f_star(grid)), color="tab:blue", label=f"A/C^a + E, a = {result.law.alpha:.3g}"
         )
+        assert result.power is not None  # fitted together with the law
         ax.plot(grid, np.exp(result.power.log_f_star(grid)), "--", color="grey", label="E = 0")
         errors = [_yerr(f, fits[g].f_star_ci) for g, f in zip(result.labels, result.f_star)]
         ax.errorbar(result.compute, result.f_star, yerr=np.array(errors).T, fmt="o", color="k", ms=4, label="models")

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -221,7 +221,7 @@ def load_wandb(
 
 def _number(path: Path, line: int, column: str, text: str | None, integer: bool = False) -> float | int:
     try:
-        value = float(text)
+        value = float(text)  # type: ignore[arg-type]  # None (a short row) is caught as TypeError below
     except (TypeError, ValueError):
         raise TableError(f"{path}, line {line}: column {column!r} must be a number, got {text!r}") from None
     return int(value) if integer else value
@@ -244,7 +244,7 @@ def load_csv(path: str | Path) -> Table:
     for row in reader:
         line = reader.line_num
         values = {c: _number(path, line, c, row[c]) for c in CSV_COLUMNS[1:]}
-        optional = {
+        optional: dict[str, Any] = {  # Run's int keywords seed and n_items
             c: _number(path, line, c, row[c], integer=True) for c in CSV_OPTIONAL if row.get(c) not in (None, "")
         }
         if not 0 <= values["acc"] <= 1 or values["freq"] < 0 or values["params"] <= 0 or values["tokens"] <= 0:
@@ -298,7 +298,7 @@ def to_groups(table: Table, params: str = "non_embedding") -> list[Group]:
     that vary across the table appear in labels and conditions (one law is fitted per condition)."""
     if not table.runs:
         raise TableError("no usable runs" + (": " + "; ".join(table.notes[:5]) if table.notes else ""))
-    settings = defaultdict(set)
+    settings: defaultdict[str, set[float | str]] = defaultdict(set)
     for run in table.runs:
         settings["tokens"].add(run.tokens)
         for key, value in run.condition:
@@ -330,16 +330,17 @@ def _group(
             f"{bad.source}: no {params} parameter count (try --params "
             f"{'total' if params == 'non_embedding' else 'non_embedding'})"
         )
-    if len(counts) > 1:
-        raise TableError(f"model {model!r}: runs disagree on its parameter count ({sorted(counts)})")
+    sizes = cast(set[float], counts)  # None ruled out above
+    if len(sizes) > 1:
+        raise TableError(f"model {model!r}: runs disagree on its parameter count ({sorted(sizes)})")
     runs = sorted(runs, key=lambda r: (r.freq, r.seed is None, r.seed or 0))
     blocks: dict[tuple, list[int]] = defaultdict(list)  # runs scored on the same facts, at every F and seed
     for i, run in enumerate(runs):
         if run.items is not None:
             blocks[run.fact_ids or (run.source,)].append(i)
-    paired = tuple((np.array(idx), np.stack([runs[i].items for i in idx])) for idx in blocks.values())
+    paired = tuple((np.array(idx), np.stack([cast(np.ndarray, runs[i].items) for i in idx])) for idx in blocks.values())
     n_items = [np.nan if r.n_items is None or not bounded else r.n_items for r in runs]
     curve = Curve(
         np.array([r.freq for r in runs]), np.array([r.acc for r in runs]), np.array(n_items, float), paired, bounded
     )
-    return Group(_label(model, tokens, condition, varying), model, counts.pop(), tokens, condition, curve)
+    return Group(_label(model, tokens, condition, varying), model, sizes.pop(), tokens, condition, curve)

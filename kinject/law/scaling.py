@@ -106,6 +106,7 @@ class LawResult:
 
     def ci(self, name: str) -> Interval | None:
         """Bootstrap interval of A, alpha or E in the units of the report."""
+        assert self.law is not None, "no law was fitted"
         log_a = self.boot[:, 0] + self.boot[:, 1] * np.log(self.law.c_ref)
         with np.errstate(over="ignore"):
             values = {"A": np.exp(log_a), "alpha": self.boot[:, 1], "E": np.exp(self.boot[:, 2])}[name]
@@ -116,6 +117,7 @@ class LawResult:
         kept = self.boot[~np.isnan(self.boot[:, 1])]
         if not kept.size:
             return None
+        assert self.law is not None, "no law was fitted"
         curves = _law_log(kept, np.log(compute / self.law.c_ref))
         return np.exp(np.quantile(curves, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0))
 
@@ -267,7 +269,7 @@ def _rollout(
         held = np.flatnonzero(~train)
         draws = _predictive(law, boot, resid, compute[held], rng)
         holdouts = tuple(
-            Holdout(labels[i], float(f_star[i]), float(np.exp(law.log_f_star(compute[i]))), _interval(draws[:, j]))
+            Holdout(labels[int(i)], float(f_star[i]), float(np.exp(law.log_f_star(compute[i]))), _interval(draws[:, j]))
             for j, i in enumerate(held)
         )
         cuts.append(Cut(float(top), int(train.sum()), holdouts))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -75,7 +75,10 @@ def prepare(cfg: DictConfig) -> Experiment:
     spec = ModelSpec.from_config(cfg.model)
     background_source = BACKGROUND_SOURCES.get(cfg.data.source)
     knowledge_source = KNOWLEDGE_SOURCES.get(cfg.knowledge.source)
-    world = functools.cache(lambda: World(WorldConfig.from_config(OmegaConf.to_container(cfg.world, resolve=True))))
+    # cfg.world is a mapping node: to_container gives a dict
+    world = functools.cache(
+        lambda: World(WorldConfig.from_config(cast(dict[str, Any], OmegaConf.to_container(cfg.world, resolve=True))))
+    )
 
     knowledge = knowledge_source(cfg.knowledge, world)
     mentions = MentionFilter(knowledge.facts, cfg.data.filter)

@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from transformers import PreTrainedModel
 
 from kinject import results
 from kinject.fingerprint import fingerprint
@@ -27,7 +27,7 @@ SPLIT_LOSSES = ("train/loss_injected", "train/loss_background")
 
 
 def start_record(
-    cfg: DictConfig, config: dict[str, Any], experiment: Experiment, model: nn.Module
+    cfg: DictConfig, config: dict[str, Any], experiment: Experiment, model: PreTrainedModel
 ) -> results.RunRecord:
     """The `running` record of this run (in memory until `recorded` writes it), and its announcement in the log."""
     params_total, params_non_embedding = count_params(model)
@@ -95,13 +95,14 @@ def complete(
         **{key: float(logged[key]) for key in SPLIT_LOSSES if key in logged},
     }
     per_relation = final.per_relation()
+    filtered = experiment.datamodule.filter_stats().as_dict()  # a collective: every rank takes part
     record["run"]["wall_s"] = round(time.perf_counter() - started, 2)
     if trainer.is_global_zero:
         log_final(loggers, final.metrics, per_relation, trainer.global_step)
         path = record.complete(
             metrics=metrics,
             per_relation=per_relation,
-            filter=experiment.datamodule.filter_stats().as_dict(),
+            filter=filtered,
             curve=evaluation.curve,
             items=final.items,
         )

@@ -1,6 +1,6 @@
 """Print the training batch of one optimizer step, decoded, with the injected facts marked.
 
-    python -m kinject.run.show_batch step=N [ids=true] [overrides...]
+    kinject-show-batch step=N [ids=true] [overrides...]
 
 The overrides are train.py's, composed from the same config, so this shows exactly what that run
 trains on at step N: sequences [N*B, (N+1)*B) whatever the device count. A streamed corpus is

@@ -9,7 +9,7 @@ import netrc
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from hydra.utils import instantiate
@@ -46,7 +46,10 @@ def make_loggers(cfg: DictConfig) -> list[Any]:
     for spec in (cfg.logger or {}).values():
         spec = OmegaConf.create(OmegaConf.to_container(spec, resolve=True))
         if str(spec._target_).endswith("WandbLogger"):
-            spec = OmegaConf.merge({"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}, spec)
+            # merged onto a dict, the result is a DictConfig
+            spec = cast(
+                DictConfig, OmegaConf.merge({"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}, spec)
+            )
             if not spec.get("offline", False) and (reason := wandb_unreachable()):
                 log.warning(
                     "W&B online is not possible: %s. Logging offline under %s; upload later with "

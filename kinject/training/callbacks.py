@@ -92,6 +92,7 @@ class LastCheckpoint(L.Callback):
         if self.every_n_steps is not None:
             due = step % self.every_n_steps == 0
         else:
+            assert self.every_s is not None  # __init__ sets exactly one of every_n_steps and every_s
             due = trainer.strategy.broadcast(time.monotonic() - self.saved_at >= self.every_s)
         if due:
             self.save(trainer)

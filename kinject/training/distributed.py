@@ -93,7 +93,7 @@ def fully_shard_llama(model: torch.nn.Module, mesh: DeviceMesh, bf16: bool) -> N
     policy = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     )
-    for layer in model.model.layers:
+    for layer in model.model.layers:  # type: ignore[union-attr]  # nn.Module.__getattr__ is typed Tensor | Module
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
@@ -104,6 +104,10 @@ def load_from_rank_zero(model: torch.nn.Module, full_state: dict[str, torch.Tens
     for the whole model is needed on rank 0 alone; the weights are those of a one-process run of the seed."""
     if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
         model.to_empty(device=device)
-    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    set_model_state_dict(
+        model,
+        full_state,  # type: ignore[arg-type]  # dict is invariant: Tensor values are a valid state dict
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+    )
     for buffer in model.buffers():
         torch.distributed.broadcast(buffer, src=0)

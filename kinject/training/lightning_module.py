@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
@@ -35,6 +37,9 @@ def split_loss(logits: torch.Tensor, ids: torch.Tensor, injected: torch.Tensor) 
 
 
 class CausalLM(L.LightningModule):
+    # declared only (no value: ThroughputMonitor tests hasattr); train.build_module sets it for MFU
+    flops_per_batch: float
+
     def __init__(
         self,
         model: dict[str, Any],
@@ -61,7 +66,8 @@ class CausalLM(L.LightningModule):
         out = self.model(input_ids=ids, labels=ids)
         self.log("train/loss", out.loss, prog_bar=True)
         step = self.global_step
-        if step % self.trainer.log_every_n_steps == 0 or step == self.trainer.max_steps - 1:
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's logger connector
+        if step % every == 0 or step == self.trainer.max_steps - 1:
             self.log_dict(split_loss(out.logits, ids, batch["injected"]))
         self.last_loss = out.loss.detach()
         return out.loss
@@ -73,7 +79,8 @@ class CausalLM(L.LightningModule):
         """A divergence check every `log_every_n_steps` optimizer steps, not every micro-batch: reading the
         loss is a host sync. All ranks agree on the verdict, so none is left waiting in a collective."""
         step = self.global_step
-        if step % self.trainer.log_every_n_steps or not self.checked.new_step(step):
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's logger connector
+        if step % every or not self.checked.new_step(step):
             return
         loss = float(self.last_loss)
         if not self.trainer.strategy.reduce_boolean_decision(math.isfinite(loss), all=True):
@@ -100,17 +107,19 @@ class CausalLM(L.LightningModule):
             self._diverged("the weights are not finite")
 
     def _diverged(self, what: str) -> None:
+        hp = cast(AttributeDict, self.hparams)  # save_hyperparameters stores an AttributeDict
         raise FloatingPointError(
-            f"{what} at step {self.global_step}: lower optim.lr (now {self.hparams.lr}), raise "
+            f"{what} at step {self.global_step}: lower optim.lr (now {hp.lr}), raise "
             f"optim.warmup_steps, or keep gradient clipping on (trainer.gradient_clip_val); the last good "
             f"checkpoint is kept"
         )
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """AdamW with weight decay on all but norms and biases, grouped by name: under FSDP1 the shapes
         are flat 1-D views by the time this runs, so a rule by shape would decay nothing."""
-        hp = self.hparams
-        decay, no_decay = [], []
+        hp = cast(AttributeDict, self.hparams)  # save_hyperparameters stores an AttributeDict
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, parameter in self.named_parameters():
             (no_decay if any(word in name for word in NO_DECAY) else decay).append(parameter)
         optimizer = torch.optim.AdamW(

@@ -75,7 +75,7 @@ def flops_per_token(spec: ModelSpec, vocab_size: int, seq_len: int) -> float:
     return flops / seq_len
 
 
-def count_params(model: torch.nn.Module) -> tuple[int, int]:
+def count_params(model: PreTrainedModel) -> tuple[int, int]:
     """(total, non-embedding): the scaling law's N is non-embedding by default."""
     total = sum(p.numel() for p in model.parameters())
     embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))

@@ -118,6 +118,6 @@ class MFUMonitor(ThroughputMonitor):
         peak = peak_flops(name)
         if peak is None:
             log.warning("no dense bf16 peak known for %s: MFU is not logged (add it to kinject.throughput)", name)
-        self.available_flops = peak
+        self.available_flops = peak  # type: ignore[assignment]  # Lightning types it int | None; Throughput takes float
         for throughput in self._throughputs.values():
             throughput.available_flops = peak
