@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -23,3 +25,16 @@ def config(*overrides: str) -> DictConfig:
                 *sys.argv[1:],
             ],
         )
+
+
+def best_of(runs: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Seconds per call of each run, the best of `repeats`, taking turns after one warm-up call each."""
+    best = dict.fromkeys(runs, float("inf"))
+    for run in runs.values():
+        run()
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best

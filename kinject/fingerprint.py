@@ -3,10 +3,11 @@ spread. A run folder belongs to one fingerprint: results, checkpoints and fit_la
 
 Left out (they change where and how fast a run goes, not what it learns or how it is scored): paths,
 loggers, sweep and run names, the returned metric, resume and skip flags, threads, extra callbacks,
-compile, devices, nodes, strategy and accelerator (the data of every step is the same on any number
-of devices), micro-batch size and loader workers (the global batch is kept), progress bar, logging
-and checkpoint intervals, the evaluation's batching and learning-curve interval, and lookup tables whose
-entry a run uses is a setting of its own (`tokens_per_model` of experiment=paper decides `tokens`).
+compile and activation checkpointing, devices, nodes, strategy and accelerator (the data of every step is
+the same on any number of devices), micro-batch size and loader workers (the global batch is kept), progress
+bar, logging and checkpoint intervals, the evaluation's batching and learning-curve interval, and lookup
+tables whose entry a run uses is a setting of its own (`tokens_per_model` of experiment=paper decides
+`tokens`, `fit_per_model` the micro-batch, strategy and activation checkpointing).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ IGNORED = (
     "threads",
     "callbacks",
     "compile",
+    "activation_checkpointing",
     "hydra",
     "tokens_per_model",
+    "fit_per_model",
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.strategy",

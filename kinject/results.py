@@ -41,8 +41,14 @@ class RunRecord:
     def write(self) -> Path:
         return write_json_atomic(self.path, self.data)
 
+    def progress(self, **progress: Any) -> Path:
+        """Rewrites the running record with how far training has got: `progress` {step, steps, eta_s, tokens_per_s}."""
+        self.data["progress"] = progress
+        return self.write()
+
     def complete(self, **sections: Any) -> Path:
-        """Writes the record as complete with its metrics, curve, items, ..."""
+        """Writes the record as complete with its metrics, curve, items, ... (a finished run has no `progress`)."""
+        self.data.pop("progress", None)
         self.data.update(status="complete", **sections)
         return self.write()
 

@@ -54,6 +54,8 @@ class Rule:
     many: bool = False  # a list of such values is accepted too
 
     def expected(self) -> str:
+        if self.kind is bool:
+            return "true or false"
         if self.choices:
             return f"one of {', '.join(map(str, self.options()))}" + (" or null" if self.nullable else "")
         kind = "an integer" if self.kind is int else "a number"
@@ -71,7 +73,7 @@ class Rule:
         if value is None and self.nullable:
             return
         if self.choices:
-            if value not in self.options():
+            if value not in self.options() or (self.kind is bool and not isinstance(value, bool)):
                 raise ConfigError(self.key, self.expected(), value)
             return
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -86,9 +88,11 @@ RULES = (
     Rule("seed", int, 0),
     Rule("tokens", int, 1),
     Rule("threads", int, 0),
+    Rule("activation_checkpointing", bool, choices=(True, False)),
     Rule("float32_matmul_precision", str, choices=("highest", "high", "medium")),
     Rule("trainer.checkpoint.every_n_steps", int, 1, nullable=True),
     Rule("trainer.checkpoint.every_minutes", float, 0, low_open=True, nullable=True),
+    Rule("trainer.log_every_n_steps", int, 1),
     Rule("metric", str, choices=metrics, many=True),
     Rule("data.source", str, choices=BACKGROUND_SOURCES.names),
     Rule("knowledge.source", str, choices=KNOWLEDGE_SOURCES.names),

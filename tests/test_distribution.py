@@ -16,13 +16,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from omegaconf import OmegaConf
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from kinject.cli.evaluate import evaluate
 from kinject.fingerprint import fingerprint
-from kinject.training.devices import free_gpu, job_devices
+from kinject.training.devices import LOCKS_ENV, free_gpu, job_devices
 from kinject.training.distributed import FSDP2Strategy, fully_shard_llama
 from kinject.training.lightning_module import CausalLM
 from tests.conftest import ROOT, TINY
@@ -66,29 +67,40 @@ def _assert_same_run(a: dict, b: dict) -> None:
         assert np.allclose(record["logprob"], b["items"][suite]["logprob"], atol=2e-3), suite
 
 
+FSDP = ("trainer=fsdp_cpu", "data.micro_batch_size=2")
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, cache_dir) -> tuple[Path, dict]:
+    """An uninterrupted FSDP2 run (2 gloo ranks, 2 micro-batches per step on each): its folder and results."""
+    root = tmp_path_factory.mktemp("fsdp_run")
+    return root / "fsdp", _train(root, "fsdp", cache_dir, *FSDP)
+
+
 @pytest.mark.slow
-def test_ddp_and_fsdp_with_accumulation_and_periodic_evaluation_match_one_process(tmp_path, cache_dir):
+def test_ddp_and_fsdp_with_accumulation_and_periodic_evaluation_match_one_process(tmp_path, cache_dir, fsdp_run):
     """Two gloo ranks, 2 micro-batches per step on each, evaluating every 4 steps: the case that hung
     (a barrier reached a different number of times per rank) and the one that failed (FSDP evaluation)."""
     single = _train(tmp_path, "single", cache_dir, "trainer=cpu", "data.micro_batch_size=4")
     ddp = _train(tmp_path, "ddp", cache_dir, "trainer=ddp_cpu", "data.micro_batch_size=2")
-    fsdp = _train(tmp_path, "fsdp", cache_dir, "trainer=fsdp_cpu", "data.micro_batch_size=2")
+    fsdp_dir, fsdp = fsdp_run
     expected = {s: set(range(8 * s, 8 * s + 8)) for s in range(8)}
-    for name in ("single", "ddp", "fsdp"):
-        assert _seen(tmp_path / name / "seen") == expected, name
+    for folder in (tmp_path / "single", tmp_path / "ddp", fsdp_dir):
+        assert _seen(folder / "seen") == expected, folder.name
     assert len(list((tmp_path / "ddp" / "seen").glob("rank*.json"))) == 2
     for run in (single, ddp, fsdp):
         assert run["status"] == "complete" and [p["step"] for p in run["curve"]] == [4, 8]
     _assert_same_run(single, ddp)
     _assert_same_run(single, fsdp)
 
-    sharded = tmp_path / "fsdp" / "checkpoints" / "last.ckpt"
+    sharded = fsdp_dir / "checkpoints" / "last.ckpt"
     assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
+    assert [p.name for p in sharded.parent.iterdir()] == ["last.ckpt"], "no staging folder is left after a save"
     again = evaluate(sharded, device="cpu")
     for key, value in again.metrics.items():
         assert value == pytest.approx(fsdp["metrics"][key], abs=1e-5), key
 
-    crash = ("trainer=fsdp_cpu", "data.micro_batch_size=2", "trainer.checkpoint.every_n_steps=2")
+    crash = (*FSDP, "trainer.checkpoint.every_n_steps=2")
     crashed = _run(
         *crash,
         "tokens=4096",
@@ -104,6 +116,37 @@ def test_ddp_and_fsdp_with_accumulation_and_periodic_evaluation_match_one_proces
     assert len(resumed["curve"]) == len(fsdp["curve"])
     for point, expected_point in zip(resumed["curve"], fsdp["curve"]):
         assert point == pytest.approx(expected_point, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_a_sharded_save_resumes_from_the_previous_checkpoint(tmp_path, cache_dir, fsdp_run):
+    """Rank 1 dies once it has written its shards of step 6 (rank 0 is killed by Lightning's launcher): written in
+    place, last.ckpt would hold shards of step 6 under the step count of step 4. The save of step 4 is the one
+    resumed from, and the run ends with the uninterrupted result."""
+    folder, first_steps = tmp_path / "killed", tmp_path / "first_steps"
+    every_2 = (*FSDP, "trainer.checkpoint.every_n_steps=2", "+callbacks.first._target_=tests.helpers.RecordFirstStep")
+    every_2 = (*every_2, f"+callbacks.first.path={first_steps}")
+    killed = _run(
+        *every_2,
+        "tokens=4096",
+        "eval.every_n_steps=4",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={folder}",
+        "+callbacks.die._target_=tests.helpers.DieMidShardedSave",
+        "+callbacks.die.step=6",
+    )
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    last = folder / "checkpoints" / "last.ckpt"
+    assert torch.load(last / _METADATA_FILENAME, weights_only=True)["global_step"] == 4
+    assert (folder / "checkpoints" / "last.ckpt.tmp-6").is_dir(), "the save of step 6 was cut off mid-way"
+
+    resumed = _train(tmp_path, "killed", cache_dir, *every_2)
+    assert first_steps.read_text().split() == ["0", "4"]
+    assert resumed["status"] == "complete"
+    assert resumed["metrics"] == pytest.approx(fsdp_run[1]["metrics"], abs=1e-5)
+    for point, expected_point in zip(resumed["curve"], fsdp_run[1]["curve"], strict=True):
+        assert point == pytest.approx(expected_point, abs=1e-5)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
 
 
 def test_weight_decay_groups_by_name_on_a_sharded_model(make_cfg, tmp_path):
@@ -223,18 +266,34 @@ def test_the_default_trainer_is_the_cpu_one_here_and_a_gpu_in_bf16_where_cuda_is
     assert _trainer()["precision"] == "16-mixed"
 
 
-def test_a_local_sweep_has_one_worker_per_gpu_and_each_job_holds_its_own(monkeypatch, tmp_path):
+@pytest.fixture
+def gpu_locks(monkeypatch, tmp_path) -> Path:
+    """This test's own lock folder, standing in for the machine's."""
+    monkeypatch.setenv(LOCKS_ENV, str(tmp_path / "locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for name in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "locks"
+
+
+def _as_job_of(monkeypatch, sweep_dir: Path | None, *overrides: str):
+    """The config of a job of the local multirun in `sweep_dir`, or of a single run (None), as Hydra sets it."""
+    mode = ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep_dir}"] if sweep_dir else ["hydra.mode=RUN"]
+    cfg = _compose(*mode, *overrides)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_a_local_sweep_has_one_worker_per_gpu_and_each_job_holds_its_own(monkeypatch, tmp_path, gpu_locks):
     _fake_gpus(monkeypatch, 0)
     assert _compose().hydra.launcher.n_jobs == 1, "without GPUs, one job after another, in process"
     _fake_gpus(monkeypatch, 3)
-    cfg = _compose(f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN")
+    cfg = _as_job_of(monkeypatch, tmp_path)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 3
 
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
-    HydraConfig.instance().set_config(cfg)
-
     def fourth_job() -> int:
-        with free_gpu(tmp_path / ".gpus", 3, poll_s=0.05) as index:
+        with free_gpu(3, poll_s=0.05) as index:
             return index
 
     with ThreadPoolExecutor(1) as pool:
@@ -245,5 +304,55 @@ def test_a_local_sweep_has_one_worker_per_gpu_and_each_job_holds_its_own(monkeyp
             assert not waiting.done(), "a fourth job waits while every GPU is held"
         assert waiting.result(timeout=5) in (0, 1, 2)
     for single in ("trainer=ddp", "trainer=cpu"):
-        with job_devices(_compose(single, f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN")) as devices:
+        with job_devices(_as_job_of(monkeypatch, tmp_path, single)) as devices:
             assert devices is None, single
+
+
+def test_two_sweeps_and_a_single_run_on_one_machine_each_get_their_own_gpu(monkeypatch, tmp_path, gpu_locks):
+    """The locks are the machine's, not a sweep's: no two kinject runs start on the same GPU, named as every
+    process of the machine names it (its CUDA_VISIBLE_DEVICES entry). Under SLURM a single run keeps Lightning's
+    choice among the GPUs SLURM gave it."""
+    _fake_gpus(monkeypatch, 3)
+    with (
+        job_devices(_as_job_of(monkeypatch, tmp_path / "sweep_a")) as a,
+        job_devices(_as_job_of(monkeypatch, tmp_path / "sweep_b")) as b,
+        job_devices(_as_job_of(monkeypatch, None)) as single,
+    ):
+        assert [a, b, single] == [[0], [1], [2]]
+    assert sorted(p.name for p in gpu_locks.iterdir()) == ["gpu-0.lock", "gpu-1.lock", "gpu-2.lock"]
+
+    with free_gpu(3) as held:  # physical GPU 0, as a process that sees every GPU names it
+        monkeypatch.setenv("SLURM_NTASKS", "1")
+        monkeypatch.setenv("SLURM_JOB_NAME", "train")
+        with job_devices(_as_job_of(monkeypatch, None)) as under_slurm:
+            assert under_slurm is None
+        monkeypatch.delenv("SLURM_NTASKS")
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0,1")
+        with job_devices(_as_job_of(monkeypatch, None)) as c, job_devices(_as_job_of(monkeypatch, None)) as d:
+            assert held == 0 and [c, d] == [[0], [2]], "visible GPU 1 is GPU 0, held"
+
+
+@pytest.mark.slow
+def test_a_gpu_held_by_a_process_that_dies_is_free_again(gpu_locks):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from kinject.training.devices import free_gpu\n"
+            "with free_gpu(2, Path(sys.argv[1])) as index:\n    print(index, flush=True); time.sleep(300)",
+            str(gpu_locks),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "0"
+        with free_gpu(2) as index:
+            assert index == 1, "GPU 0 is held by the other process"
+        holder.kill()
+        holder.wait(timeout=30)
+        with free_gpu(2) as index:
+            assert index == 0, "its lock died with it"
+    finally:
+        holder.kill()

@@ -46,8 +46,8 @@ class _LargestLogits(torch.nn.Module):
         self.model = model
         self.largest = 0
 
-    def forward(self, input_ids):
-        out = self.model(input_ids=input_ids)
+    def forward(self, input_ids, **kwargs):
+        out = self.model(input_ids=input_ids, **kwargs)
         self.largest = max(self.largest, out.logits.numel())
         return out
 
@@ -68,3 +68,25 @@ def test_heldout_loss_memory_does_not_grow_with_the_number_of_sequences(make_cfg
     logits = model.model(input_ids=heldout[:3]).logits
     whole = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), heldout[:3, 1:].reshape(-1))
     assert losses[3] == pytest.approx(float(whole), rel=1e-5)
+
+
+def test_scores_stay_on_the_device_until_a_suite_is_done(make_cfg, monkeypatch):
+    """One copy to the host per suite and one for the held-out loss, however many batches: on a GPU each copy
+    (or `.item()`, `.tolist()`, `int()`) waits for every forward pass queued before it."""
+    experiment = prepare(make_cfg("eval.heldout_batch=1"))
+    model = CausalLM(OmegaConf.to_container(make_cfg().model, resolve=True), experiment.vocab_size).model.eval()
+    reads: list[str] = []
+    for name in ("cpu", "item", "tolist", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor,
+            name,
+            lambda self, *a, _name=name, _original=original, **k: reads.append(_name) or _original(self, *a, **k),
+        )
+    encoded = experiment.evaluator.suites["memorization"]
+    option_logprobs(model, encoded, batch_items=5, pad_id=0)
+    assert len(encoded.items) > 3 * 5 and reads == ["cpu"]
+    reads.clear()
+    assert len(experiment.evaluator.heldout) > 1
+    experiment.evaluator.heldout_loss(model)
+    assert reads == ["cpu"]

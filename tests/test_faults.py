@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 
 from kinject import results
 from kinject.cli import train as train_script
 from kinject.files import write_json_atomic
-from kinject.training.checkpoint import AtomicCheckpointIO
+from kinject.run import record
+from kinject.run.folder import previous_config
+from kinject.training.callbacks import LastCheckpoint
+from kinject.training.checkpoint import AtomicCheckpointIO, clear_staging, readable, staging, swap_in
 from kinject.training.lightning_module import CausalLM
-from kinject.training.preemption import Preempted
+from kinject.training.preemption import Preempted, Preemption
 from tests.conftest import ROOT, TINY
 
 
@@ -105,17 +111,32 @@ def test_sigterm_saves_the_current_step_records_it_exits_non_zero_and_the_same_c
     assert again["curve"] == uninterrupted["curve"]
 
 
-def test_a_signal_mid_accumulation_stops_after_that_step_then_the_previous_handler_runs(make_cfg, monkeypatch):
-    """SIGUSR1 during the second of 4 micro-batches of step 4: the step is finished, saved and recorded, then the
-    handler that was installed before the run (submitit's requeue under SLURM) is called."""
+def test_a_signal_mid_accumulation_stops_after_that_step_and_hands_over_as_soon_as_it_is_saved(make_cfg, monkeypatch):
+    """SIGUSR1 during the second of 4 micro-batches of step 4: the step is finished and saved, and right then,
+    before the teardown and the loggers' finalize, rank 0 calls the handler that was installed before the run
+    (submitit's, which requeues the job and exits), once. Its exit is held until the run is recorded as
+    interrupted; the SIGTERM with which SLURM then ends a requeued job cuts nothing short."""
     cfg = make_cfg("data.micro_batch_size=2", "trainer.checkpoint.every_n_steps=1000")
     out = Path(cfg.paths.output_dir)
-    handed_over = []
+    events: list[tuple] = []
 
     def requeue(signum, frame):
-        handed_over.append((signum, results.read(out / "results.json")["status"]))
+        events.append(("requeue", signum))
+        os.kill(os.getpid(), signal.SIGTERM)
+        sys.exit(-1)
 
-    signal.signal(signal.SIGUSR1, requeue)
+    save, close = LastCheckpoint.save, record.close_loggers
+
+    def saved(self, trainer):
+        save(self, trainer)
+        events.append(("saved", trainer.global_step))
+
+    def closed(loggers, outcome):
+        events.append(("closed", results.read(out / "results.json")["status"]))
+        close(loggers, outcome)
+
+    monkeypatch.setattr(LastCheckpoint, "save", saved)
+    monkeypatch.setattr(record, "close_loggers", closed)
     original = CausalLM.training_step
     micro_batches = []
 
@@ -127,17 +148,73 @@ def test_a_signal_mid_accumulation_stops_after_that_step_then_the_previous_handl
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(CausalLM, "training_step", signal_during_step_4)
+    late_sigterm = []
+    signal.signal(signal.SIGUSR1, requeue)
+    signal.signal(signal.SIGTERM, lambda signum, frame: late_sigterm.append(signum))
     try:
-        with pytest.raises(Preempted) as stopped:
+        with pytest.raises(SystemExit) as stopped:
             train_script.train(cfg)
         assert signal.getsignal(signal.SIGUSR1) is requeue
     finally:
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-    assert stopped.value.code == 128 + signal.SIGUSR1
-    record = results.read(out / "results.json")
-    assert record["status"] == "interrupted" and record["step"] == 4
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert stopped.value.code == -1, "the previous handler's exit ends the process"
+    assert isinstance(stopped.value.__cause__, Preempted) and stopped.value.__cause__.code == 128 + signal.SIGUSR1
+    assert events == [("saved", 4), ("requeue", signal.SIGUSR1), ("closed", "interrupted")]
+    assert late_sigterm == []
+    record_ = results.read(out / "results.json")
+    assert record_["status"] == "interrupted" and record_["step"] == 4
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-    assert handed_over == [(signal.SIGUSR1, "interrupted")]
+
+
+def _stop_at_step_3(tmp_path: Path, rank: int, signum: int, saved: list[int]) -> BaseException:
+    """A rank of a run that receives `signum` during step 3, driven as Lightning drives the callback; what it raises."""
+    trainer = SimpleNamespace(
+        global_step=0,
+        max_steps=8,
+        global_rank=rank,
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
+        save_checkpoint=lambda path: saved.append(trainer.global_step),
+    )
+    with pytest.raises(SystemExit) as stopped, Preemption(LastCheckpoint(tmp_path / "last.ckpt", 1000)) as callback:
+        callback.on_train_start(trainer, None)
+        trainer.global_step = 3
+        os.kill(os.getpid(), signum)
+        callback.on_train_batch_end(trainer, None)
+    return stopped.value
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_0_hands_the_signal_over_once_the_step_is_saved(tmp_path, rank):
+    """Every rank saves the step and stops; the handler that was there before (the requeue) runs on rank 0 only."""
+    saved: list[int] = []
+    called: list[tuple[int, list[int]]] = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: called.append((signum, list(saved))))
+    try:
+        stopped = _stop_at_step_3(tmp_path, rank, signal.SIGUSR1, saved)
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    assert isinstance(stopped, Preempted) and stopped.step == 3 and stopped.code == 128 + signal.SIGUSR1
+    assert saved == [3]
+    assert called == ([(signal.SIGUSR1, [3])] if rank == 0 else [])
+
+
+def test_under_submitit_rank_0_requeues_once_right_after_the_save_and_exits_as_submitit_does(tmp_path):
+    """submitit's own handler (SIGUSR2, a time limit ahead): it decides (not timed out: requeue with the count
+    of timeouts left), calls `scontrol requeue` once, after the save, and its exit is what ends the process."""
+    from submitit.core.job_environment import SignalHandler
+
+    saved: list[int] = []
+    requeued: list[tuple[int, list[int]]] = []
+    env = SimpleNamespace(global_rank=0, _requeue=lambda countdown: requeued.append((countdown, list(saved))))
+    handler = SignalHandler(env, None, SimpleNamespace(_timeout_min=60, _timeout_countdown=3, function=print))
+    signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
+    try:
+        stopped = _stop_at_step_3(tmp_path, 0, signal.SIGUSR2, saved)
+    finally:
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    assert requeued == [(3, [3])]
+    assert stopped.code == -1 and isinstance(stopped.__cause__, Preempted) and stopped.__cause__.step == 3
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -154,6 +231,69 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, mon
         io.save_checkpoint({"step": torch.tensor(2)}, path)
     assert io.load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL at one point of a save: nothing after it runs."""
+
+
+def _sharded_save(last: Path, step: int, kill_at: int | None = None) -> None:
+    """What the sharded save does on the file system, two ranks' shards, then Lightning's meta.pt, then the swap;
+    `kill_at`: the number of writes, renames and deletions that happen before the kill."""
+    done = 0
+
+    def step_of(action, *args):
+        nonlocal done
+        if done == kill_at:
+            raise _Killed
+        done += 1
+        return action(*args)
+
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+    new = staging(last, step)
+    try:
+        os.replace = lambda a, b: step_of(real_replace, a, b)  # type: ignore[assignment]
+        shutil.rmtree = lambda path: step_of(real_rmtree, path)  # type: ignore[assignment]
+        clear_staging(last)
+        new.mkdir(parents=True)
+        for rank in range(2):
+            step_of((new / f"__{rank}_0.distcp").write_text, str(step))
+        step_of(torch.save, {"global_step": step, "kinject_config": {"step": step}}, new / _METADATA_FILENAME)
+        swap_in(new, last)
+    finally:
+        os.replace, shutil.rmtree = real_replace, real_rmtree
+
+
+def _whole_step(folder: Path) -> int:
+    """The step of a complete sharded checkpoint folder (its meta.pt and every shard agree), else fails."""
+    step = torch.load(folder / _METADATA_FILENAME, weights_only=True)["global_step"]
+    assert [(folder / f"__{rank}_0.distcp").read_text() for rank in range(2)] == [str(step)] * 2, folder
+    return step
+
+
+@pytest.mark.parametrize("kill_at", range(6))
+def test_a_sharded_save_killed_at_any_point_leaves_a_whole_checkpoint_and_the_next_save_cleans_up(tmp_path, kill_at):
+    """Killed while writing the shards or meta.pt, between the renames of the swap or before the old folder is
+    deleted: what a reader finds (a resumed run, the run folder's check, evaluate.py) is step 4 or step 6 whole,
+    never a mix. The next save removes what the kill left."""
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    _sharded_save(last, 4)
+    with pytest.raises(_Killed):
+        _sharded_save(last, 6, kill_at=kill_at)
+    found = readable(last)
+    assert found is not None and _whole_step(found) == (6 if kill_at >= 5 else 4)
+    assert previous_config(tmp_path) == {"step": _whole_step(found)}
+
+    _sharded_save(last, 8)
+    assert readable(last) == last and _whole_step(last) == 8
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_completed_sharded_save_keeps_one_folder(tmp_path):
+    last = tmp_path / "last.ckpt"
+    for step in (2, 4):
+        _sharded_save(last, step)
+    assert _whole_step(last) == 4 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_a_crash_while_writing_results_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ from kinject.errors import ConfigError
 from kinject.evaluation.scoring import Evaluation
 from kinject.files import write_json_atomic
 from kinject.run.experiment import Experiment, prepare
+from kinject.training.checkpoint import readable
 from kinject.training.lightning_module import CausalLM
 
 log = logging.getLogger("kinject")
@@ -42,8 +43,8 @@ CONFIG_FILE = "kinject_config.json"
 
 def load(path: str | Path, suites: list[str] | None = None) -> tuple[Experiment, PreTrainedModel, dict[str, Any]]:
     """The run's experiment and model, from a Lightning checkpoint or an exported transformers folder;
-    `suites` replaces the run's eval.suites."""
-    path = Path(path)
+    `suites` replaces the run's eval.suites. A sharded `last.ckpt` a kill left moved aside mid-swap is still found."""
+    path = readable(path) or Path(path)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         config = json.loads((path / CONFIG_FILE).read_text())
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path)
@@ -107,6 +108,7 @@ def export(path: str | Path, folder: str | Path, overwrite: bool = False) -> Pat
             hint="it already holds files: choose another folder, or add overwrite=true to replace them",
         )
     experiment, model, config = load(path)
+    model.config.use_cache = True  # trained and scored without a KV cache; generation wants one
     model.save_pretrained(folder)
     experiment.tokenizer.save_pretrained(folder)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))

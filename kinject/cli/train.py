@@ -36,12 +36,13 @@ from kinject.training.callbacks import (
     TokensPerSecond,
     TrainingEvaluation,
 )
-from kinject.training.checkpoint import AtomicCheckpointIO
+from kinject.training.checkpoint import AtomicCheckpointIO, readable
 from kinject.training.devices import check_devices, job_devices
 from kinject.training.distributed import FSDP2Strategy, guard_local_ddp
 from kinject.training.lightning_module import CausalLM
 from kinject.training.model import flops_per_token
 from kinject.training.preemption import Preemption
+from kinject.training.progress import ProgressLog
 from kinject.training.throughput import MFUMonitor, cpu_warning
 from kinject.validation import check_additions, validate
 
@@ -51,9 +52,9 @@ log = logging.getLogger("kinject")
 def build_module(
     cfg: DictConfig, experiment: Experiment, flops: float | None = None, on_meta: bool = False
 ) -> CausalLM:
-    """The LightningModule, with the FLOPs per batch that ThroughputMonitor turns into MFU (`flops` per token, counted
+    """The LightningModule, with the FLOPs per batch that MFUMonitor turns into MFU (`flops` per token, counted
     here when not given). `on_meta`: the weights take no memory until sharded (FSDP2 ranks other than 0, which
-    receive rank 0's)."""
+    receive rank 0's). Activation checkpointing is set here, before Lightning's `configure_model` shards."""
     budget = experiment.budget
     module = CausalLM(
         model=cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)),  # mapping nodes give dicts
@@ -62,8 +63,11 @@ def build_module(
         total_steps=budget.steps,
         on_meta=on_meta,
     )
-    if cfg.compile:
-        module.model.compile()
+    if cfg.activation_checkpointing:  # per decoder layer, on its forward: FSDP2's hooks stay outside the recompute
+        module.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:  # per decoder layer, in place (same state-dict keys): FSDP2's hooks stay outside the graphs
+        for layer in module.model.model.layers:
+            layer.compile()
     if flops is None:
         flops = flops_per_token(experiment.model, experiment.vocab_size, budget.seq_len)
     module.flops_per_batch = budget.micro_batch_size * budget.seq_len * flops
@@ -87,7 +91,8 @@ def build_trainer(
     bar = cfg.trainer.enable_progress_bar
     bar = sys.stderr.isatty() if bar is None else bool(bar)
     extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    options = OmegaConf.masked_copy(cfg.trainer, [key for key in cfg.trainer if key != "checkpoint"])
+    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg.trainer, resolve=True))  # may refer outside it
+    options = {key: value for key, value in resolved.items() if key != "checkpoint"}
     return instantiate(
         options,
         **({"devices": devices} if devices is not None else {}),
@@ -98,12 +103,9 @@ def build_trainer(
         plugins=plugins,
         enable_progress_bar=bar,
         callbacks=[
+            MFUMonitor(budget.tokens_per_step, budget.batch_size),  # first: it measures before evaluation and saves
             *callbacks,
             TokensPerSecond(budget.micro_batch_size * budget.seq_len * budget.world_size),
-            MFUMonitor(
-                batch_size_fn=lambda batch: batch["input_ids"].size(0),
-                length_fn=lambda batch: batch["input_ids"].numel(),
-            ),
             *([StepProgressBar()] if bar else []),
             *extra,
         ],
@@ -122,8 +124,9 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     if done is not None:
         log.info("already complete, skipped: %s", done.path)
         return returned(cfg, done["metrics"])
-    last = LastCheckpoint(output_dir / LAST, **config["trainer"]["checkpoint"])
-    with Preemption(last) as preemption, job_devices(cfg) as devices:
+    every = int(cfg.trainer.log_every_n_steps)
+    last = LastCheckpoint(output_dir / LAST, **config["trainer"]["checkpoint"], decide_every=every)
+    with Preemption(last, every=every) as preemption, job_devices(cfg) as devices:
         return _train(cfg, config, last, preemption, devices)
 
 
@@ -144,20 +147,21 @@ def _train(
     evaluation = TrainingEvaluation(
         experiment.evaluator, int(cfg.eval.every_n_steps), experiment.budget.tokens_per_step
     )
+    progress = ProgressLog(experiment.budget.tokens_per_step)
     loggers = make_loggers(cfg)
     # preemption last: a signal is honoured after the step's evaluation and checkpoint
-    callbacks = [evaluation, ConfigInCheckpoint(config), last_checkpoint, preemption]
+    callbacks = [evaluation, ConfigInCheckpoint(config), last_checkpoint, progress, preemption]
     trainer = build_trainer(cfg, experiment, loggers, callbacks, devices)
     on_meta = isinstance(trainer.strategy, FSDP2Strategy) and trainer.global_rank > 0
     module = build_module(cfg, experiment, flops, on_meta=on_meta)
     record = start_record(cfg, config, experiment, module.model)
+    progress.record = record
 
     last = last_checkpoint.path
+    resume_from = readable(last) if cfg.resume else None
     with recorded(record, trainer, loggers):
         log_hyperparams(loggers, config, {**record["model"], **record["budget"], **record["infusion"]})
-        trainer.fit(
-            module, datamodule=experiment.datamodule, ckpt_path=str(last) if cfg.resume and last.exists() else None
-        )
+        trainer.fit(module, datamodule=experiment.datamodule, ckpt_path=str(resume_from) if resume_from else None)
         metrics = complete(record, trainer, experiment, evaluation, loggers, started, last)
     return returned(cfg, metrics)
 

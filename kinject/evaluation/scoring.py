@@ -88,34 +88,37 @@ def option_logprobs(model, encoded: EncodedItems, batch_items: int, pad_id: int)
         return np.zeros(shape), np.zeros(shape)
     items, real = _share(len(encoded.items))
     rows = (items[:, None] * n_options + np.arange(n_options)).ravel()
-    sums, counts = _option_logprobs(
+    sums = _option_logprobs(
         model, [encoded.ids[r] for r in rows], [encoded.option_start[r] for r in rows], batch_items * n_options, pad_id
     )
-    sums, counts = (_gathered(x.reshape(-1, n_options)[:real]) for x in (sums, counts))
+    sums = _gathered(sums.reshape(-1, n_options)[:real])
+    counts = np.array([len(row) for row in encoded.ids], dtype=np.float64) - encoded.option_start
     return sums.reshape(shape), counts.reshape(shape)
 
 
-def _option_logprobs(
-    model, ids: list[list[int]], option_start: list[int], rows: int, pad_id: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _option_logprobs(model, ids: list[list[int]], option_start: list[int], rows: int, pad_id: int) -> np.ndarray:
+    """Summed log-likelihood of each row's option tokens. The sums stay on the device until the last batch (one
+    host sync per suite), and logits are computed only from the first option token of a batch on: the prompts'
+    logits, most of a forward's vocabulary projection, are never needed."""
     device = next(model.parameters()).device
-    sums, counts = [], []
+    sums = []
     for lo in range(0, len(ids), rows):
         batch = ids[lo : lo + rows]
-        starts = torch.tensor(option_start[lo : lo + rows], device=device)
-        lengths = torch.tensor([len(r) for r in batch], device=device)
-        width = int(lengths.max())
+        first = min(option_start[lo : lo + rows])
+        width = max(map(len, batch))
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         for i, row in enumerate(batch):
             input_ids[i, : len(row)] = torch.tensor(row)
         input_ids = input_ids.to(device)
-        logits = model(input_ids=input_ids).logits.float()
-        logp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        position = torch.arange(1, width, device=device)[None, :]
+        starts = torch.tensor(option_start[lo : lo + rows], device=device)
+        lengths = torch.tensor([len(r) for r in batch], device=device)
+        logits = model(input_ids=input_ids, use_cache=False, logits_to_keep=width - first + 1).logits.float()
+        targets = input_ids[:, first:, None]
+        logp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets).squeeze(-1)
+        position = torch.arange(first, width, device=device)[None, :]
         mask = (position >= starts[:, None]) & (position < lengths[:, None])
-        sums.append((logp * mask).sum(-1).cpu())
-        counts.append(mask.sum(-1).cpu())
-    return torch.cat(sums).double().numpy(), torch.cat(counts).double().numpy()
+        sums.append((logp * mask).sum(-1))
+    return torch.cat(sums).double().cpu().numpy()
 
 
 @dataclass
@@ -217,12 +220,12 @@ class Evaluator:
         losses = []
         for lo in range(0, len(rows), self.heldout_batch):
             batch = self.heldout[torch.from_numpy(rows[lo : lo + self.heldout_batch])].to(device)
-            logits = model(input_ids=batch).logits.float()
+            logits = model(input_ids=batch, use_cache=False).logits.float()
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="none"
             )
-            losses.append(loss.view(len(batch), -1).sum(-1).double().cpu())
-        total = _gathered(torch.cat(losses).numpy()[:real]).sum()
+            losses.append(loss.view(len(batch), -1).sum(-1))
+        total = _gathered(torch.cat(losses).double().cpu().numpy()[:real]).sum()
         return float(total / (len(self.heldout) * (self.heldout.size(1) - 1)))
 
 

@@ -17,6 +17,7 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME
 from kinject import results
 from kinject.errors import ConfigError
 from kinject.fingerprint import differences
+from kinject.training.checkpoint import readable
 
 LAST = Path("checkpoints") / "last.ckpt"
 SHOWN = 8
@@ -27,7 +28,9 @@ def previous_config(output_dir: Path) -> dict[str, Any] | None:
     record = output_dir / results.FILENAME
     if record.exists():
         return results.RunRecord.read(record)["config"]
-    last = output_dir / LAST
+    last = readable(output_dir / LAST)
+    if last is None:
+        return None
     if last.is_file():
         return torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("kinject_config")
     if (last / _METADATA_FILENAME).is_file():  # a sharded (FSDP) checkpoint keeps the config beside its shards

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from kinject.evaluation.scoring import Evaluation, Evaluator
 from kinject.fingerprint import fingerprint
-from kinject.training.distributed import OncePerStep
+from kinject.training.distributed import OncePerStep, decides
 
 log = logging.getLogger("kinject")
 
@@ -71,12 +71,20 @@ class LastCheckpoint(L.Callback):
     for all ranks), and once more when training ends, still inside `fit` so that a sharded strategy saves
     while it is live."""
 
-    def __init__(self, path: str | Path, every_n_steps: int | None = None, every_minutes: float | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        every_n_steps: int | None = None,
+        every_minutes: float | None = None,
+        decide_every: int = 1,
+    ) -> None:
+        """`decide_every`: across ranks, whether `every_minutes` have passed is decided once every that many steps."""
         if (every_n_steps is None) == (every_minutes is None):
             raise ValueError("give exactly one of every_n_steps and every_minutes")
         self.path = Path(path)
         self.every_n_steps = every_n_steps
         self.every_s = None if every_minutes is None else 60 * every_minutes
+        self.decide_every = decide_every
         self.saved_step = -1
         self.saved_at = time.monotonic()
         self.once = OncePerStep()
@@ -93,7 +101,9 @@ class LastCheckpoint(L.Callback):
             due = step % self.every_n_steps == 0
         else:
             assert self.every_s is not None  # __init__ sets exactly one of every_n_steps and every_s
-            due = trainer.strategy.broadcast(time.monotonic() - self.saved_at >= self.every_s)
+            due = decides(trainer, step, self.decide_every) and trainer.strategy.broadcast(
+                time.monotonic() - self.saved_at >= self.every_s
+            )
         if due:
             self.save(trainer)
 
@@ -108,7 +118,7 @@ class LastCheckpoint(L.Callback):
 
 
 class TokensPerSecond(L.Callback):
-    """Training throughput on the progress bar (ThroughputMonitor logs it, with MFU, to the loggers)."""
+    """Training throughput on the progress bar (MFUMonitor logs it, with MFU, to the loggers)."""
 
     def __init__(self, tokens_per_batch: int) -> None:
         self.tokens_per_batch = tokens_per_batch

@@ -4,17 +4,21 @@ combinations known to break, refused up front (which devices a run gets: `kinjec
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from kinject.errors import ConfigError
+from kinject.training.checkpoint import clear_staging, staging, swap_in
 
 _LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
 
@@ -38,7 +42,12 @@ def local_multirun() -> bool:
     """A job of a multirun on this machine (basic or joblib launcher), not one submitted to SLURM."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return False
-    return str(HydraConfig.get().launcher.get("_target_", "")).endswith(_LOCAL_LAUNCHERS)
+    return local_launcher(HydraConfig.get().launcher)
+
+
+def local_launcher(launcher: DictConfig) -> bool:
+    """A Hydra launcher (`hydra.launcher`) that runs a sweep's jobs on this machine: basic or joblib."""
+    return str(launcher.get("_target_", "")).endswith(_LOCAL_LAUNCHERS)
 
 
 def guard_local_ddp(cfg: DictConfig) -> None:
@@ -74,6 +83,14 @@ class OncePerStep:
         return fresh
 
 
+def decides(trainer: Trainer, step: int, every: int) -> bool:
+    """Whether the ranks decide something together at this optimizer step (whether to stop on a signal, whether a
+    checkpoint is due by time): each decision is a collective and, on GPUs, a host sync, so across ranks it is taken
+    once every `every` steps; in one process, where it costs nothing, at every step. Call it on every rank at the
+    same steps (after `OncePerStep.new_step`)."""
+    return every == 1 or trainer.world_size == 1 or step % every == 0
+
+
 class FSDP2Strategy(ModelParallelStrategy):
     """Fully sharded data parallel (FSDP2) over every process, without tensor parallelism. The module
     shards itself in `configure_model`; parameters keep their names and shapes (DTensors), checkpoints
@@ -86,6 +103,23 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """torch.distributed.checkpoint writes the shards in place: into `filepath` itself, a kill mid-save would
+        leave shards of two steps. Every rank writes into a new folder instead, and rank 0 swaps it in once all
+        have (`kinject.training.checkpoint.swap_in`); when this returns, on any rank, the checkpoint is in place."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(filepath))
+        new = staging(path, int(checkpoint.get("global_step", 0)))
+        if self.global_rank == 0:
+            clear_staging(path)
+        self.barrier("kinject_clear_staging")
+        super().save_checkpoint(checkpoint, new, storage_options)
+        self.barrier("kinject_shards_written")
+        if self.global_rank == 0:
+            swap_in(new, path)
+        self.barrier("kinject_swapped_in")
+
 
 def fully_shard_llama(model: torch.nn.Module, mesh: DeviceMesh, bf16: bool) -> None:
     """One FSDP unit per decoder layer, the embeddings, final norm and head in the root unit. With bf16
@@ -96,6 +130,15 @@ def fully_shard_llama(model: torch.nn.Module, mesh: DeviceMesh, bf16: bool) -> N
     for layer in model.model.layers:  # type: ignore[union-attr]  # nn.Module.__getattr__ is typed Tensor | Module
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def sync_gradients(model: torch.nn.Module, now: bool) -> None:
+    """Whether the next backward of an FSDP2 model reduce-scatters its gradients. With gradient accumulation only
+    the last micro-batch's needs to: before it, each rank adds into unsharded gradients of its own (in the reduce
+    dtype, fp32: 4 bytes per parameter held between micro-batches). Lightning's `block_backward_sync` handles
+    DDP alone, and its Trainer never tells FSDP2."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(now)
 
 
 def load_from_rank_zero(model: torch.nn.Module, full_state: dict[str, torch.Tensor], device: torch.device) -> None:

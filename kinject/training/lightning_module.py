@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from kinject.training.distributed import OncePerStep, fully_shard_llama, load_from_rank_zero
+from kinject.training.distributed import OncePerStep, fully_shard_llama, load_from_rank_zero, sync_gradients
 from kinject.training.model import ModelSpec, build
 
 NO_DECAY = ("norm", "bias")
@@ -63,6 +63,7 @@ class CausalLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         ids = batch["input_ids"]
+        sync_gradients(self.model, not self.trainer.fit_loop._should_accumulate())
         out = self.model(input_ids=ids, labels=ids)
         self.log("train/loss", out.loss, prog_bar=True)
         step = self.global_step
@@ -114,9 +115,30 @@ class CausalLM(L.LightningModule):
             f"checkpoint is kept"
         )
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """`trainer.gradient_clip_val` applied here rather than by Lightning's precision plugin, which refuses any
+        clipping with a fused optimizer under mixed precision (it cannot tell bf16, which has no loss scaler, from
+        fp16). The gradients are unscaled by now wherever a scaler is used (never with a fused optimizer);
+        under FSDP2 they are DTensors and the norm is the whole model's. The optimizer's order of parameters, as
+        Lightning's: the same norm to the last bit."""
+        if not gradient_clip_val:
+            return
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """AdamW with weight decay on all but norms and biases, grouped by name: under FSDP1 the shapes
-        are flat 1-D views by the time this runs, so a rule by shape would decay nothing."""
+        are flat 1-D views by the time this runs, so a rule by shape would decay nothing. Fused (one kernel for
+        all parameters) on CUDA, unless fp16's loss scaler is in use: a fused step unscales inside itself, after
+        the clipping. On the CPU the plain loop, which every CPU result was trained with."""
         hp = cast(AttributeDict, self.hparams)  # save_hyperparameters stores an AttributeDict
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
@@ -126,6 +148,7 @@ class CausalLM(L.LightningModule):
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr,
             betas=tuple(hp.betas),
+            fused=self.device.type == "cuda" and self.trainer.precision != "16-mixed",
         )
 
         def schedule(step: int) -> float:

@@ -37,7 +37,9 @@ class ModelSpec:
         return cls(**{key: cfg[key] for key in cls.__dataclass_fields__ if key in cfg})
 
     def llama_config(self, vocab_size: int) -> LlamaConfig:
-        """A fresh config each call: transformers shares and mutates the one a model is built from."""
+        """A fresh config each call: transformers shares and mutates the one a model is built from. Without a KV
+        cache: transformers would otherwise build one in every training and scoring forward (`export` turns it
+        back on for generation)."""
         return LlamaConfig(
             vocab_size=vocab_size,
             hidden_size=self.hidden_size,
@@ -50,6 +52,7 @@ class ModelSpec:
             tie_word_embeddings=self.tie_embeddings,
             attention_bias=False,
             mlp_bias=False,
+            use_cache=False,
         )
 
 
@@ -68,10 +71,12 @@ def build(spec: ModelSpec, vocab_size: int, device: str | torch.device = "cpu") 
 
 
 def flops_per_token(spec: ModelSpec, vocab_size: int, seq_len: int) -> float:
-    """Training FLOPs (forward + backward) per token, measured on a meta-device copy: costs no memory."""
+    """Training FLOPs (forward + backward) per token, measured on a meta-device copy: costs no memory. With a KV
+    cache: without one transformers reads the positions back to look for packed sequences, which a meta tensor
+    cannot do (the cache adds no FLOPs)."""
     model = build(spec, vocab_size, device="meta")
     ids = torch.zeros(1, seq_len, dtype=torch.long, device="meta")
-    flops = measure_flops(model, lambda: model(input_ids=ids).logits, lambda logits: logits.sum())
+    flops = measure_flops(model, lambda: model(input_ids=ids, use_cache=True).logits, lambda logits: logits.sum())
     return flops / seq_len
 
 
