@@ -44,6 +44,10 @@ def expand(patterns: str | Sequence[str], key: str) -> list[str]:
     for pattern in patterns:
         matched = sorted(p for p in glob.glob(os.path.expanduser(str(pattern)), recursive=True) if os.path.isfile(p))
         if not matched:
-            raise ConfigError(key, "paths or globs that match files", str(pattern), hint="no file matches it")
+            hint = "no file matches it"
+            if os.path.isdir(os.path.expanduser(str(pattern))):
+                folder = str(pattern).rstrip("/")
+                hint = f"it is a folder: name its files with a glob, e.g. '{folder}/*.parquet' or '{folder}/**/*.jsonl'"
+            raise ConfigError(key, "paths or globs that match files", str(pattern), hint=hint)
         files.extend(p for p in matched if p not in files)
     return files

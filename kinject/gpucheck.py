@@ -259,7 +259,7 @@ def accumulation(setup: Setup, workdir: Path) -> Check:
         "evaluate_max_difference": difference,
     }
     figures["eval_goal_met"] = figures["eval_share_at_every_100"] <= EVAL_SHARE_GOAL
-    expected_curve = list(range(every, steps + 1, every))
+    expected_curve = [0, *range(every, steps + 1, every)]  # step 0: before the first step
     ok = record["status"] == "complete" and figures["curve_steps"] == expected_curve and difference <= 1e-3
     detail = f"{steps} steps, micro-batch 8 of 32, evaluation every {every} steps"
     return Check("accumulation", ok, figures, detail)

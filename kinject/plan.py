@@ -36,6 +36,7 @@ from kinject.budget import Budget, check_injection, check_room, world_size
 from kinject.errors import ConfigError
 from kinject.infusion.formats import InfusionConfig
 from kinject.infusion.schedule import BLOCK_PACKINGS, check_block, check_freq, window_sequences
+from kinject.init import resolve as resolve_init
 from kinject.training.memory import PRECISIONS, MemoryEstimate, estimate_memory
 from kinject.training.model import ModelSpec, flops_per_token
 from kinject.training.throughput import peak_flops, training_seconds
@@ -214,7 +215,10 @@ def _flops(spec: ModelSpec, vocab: int, seq_len: int) -> float:
 
 
 def cost(cfg: DictConfig, overrides: list[str], assumed: Assumptions) -> Job:
-    """One job: what it trains and what it costs, or why a run would refuse it."""
+    """One job: what it trains and what it costs, or why a run would refuse it. A model config without sizes
+    (model=init) reads them from its init (kinject.init: a folder, or the hub); the public ladder's carry them."""
+    if cfg.model.get("init") is not None and cfg.model.get("hidden_size") is None:
+        resolve_init(cfg)
     spec = ModelSpec.from_config(cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)))  # a mapping
     if spec.vocab_size is None:
         raise ConfigError(
@@ -288,6 +292,7 @@ def report(planned: list[Job], cfg: DictConfig, assumed: Assumptions, command: s
         else "none (a launcher without a time limit)"
     )
     parts = ("weights", "grads", "optim", "activ", "logits") if breakdown else ()
+    size = max(7, *(len(job.model) + 2 for job in planned))
     lines = [
         f"plan of python train.py -m {command}: {len(planned)} jobs",
         f"GPU: {assumed.gpu}, {assumed.peak / 1e12:,.0f} TFLOP/s dense bf16, at {assumed.mfu:.0%} MFU; "
@@ -298,7 +303,7 @@ def report(planned: list[Job], cfg: DictConfig, assumed: Assumptions, command: s
         f"results.json infusion.mean_fact_tokens), knowledge.num_facts={cfg.knowledge.num_facts} triples in the "
         f"knowledge files; infusion.budget={cfg.infusion.budget}",
         "",
-        f"{'size':<7}{'F':>6}{'tokens':>10}{'injected':>10}{'steps':>9}{'GPU-h':>10}{'wall-h':>9}"
+        f"{'size':<{size}}{'F':>6}{'tokens':>10}{'injected':>10}{'steps':>9}{'GPU-h':>10}{'wall-h':>9}"
         + "".join(f"{part:>8}" for part in parts)
         + f"{'mem-GB':>8}{'requeues':>10}  "
         + ("other  " if varying else "")
@@ -318,7 +323,7 @@ def report(planned: list[Job], cfg: DictConfig, assumed: Assumptions, command: s
         requeues = "" if job.refused or job.requeues is None else str(job.requeues)
         other = "".join(f"{key}={_value(job, key)}  " for key in varying)
         line = (
-            f"{job.model:<7}{job.freq:>6}{job.tokens / 1e9:>9.2f}B{share:>10}{job.steps:>9,}{hours:>10}{wall:>9}"
+            f"{job.model:<{size}}{job.freq:>6}{job.tokens / 1e9:>9.2f}B{share:>10}{job.steps:>9,}{hours:>10}{wall:>9}"
             f"{gb}{requeues:>10}  {other}{job.refused or ''}"
         )
         lines.append(line.rstrip())

@@ -71,8 +71,9 @@ class RunRecord:
     def read(cls, path: str | os.PathLike) -> RunRecord:
         with open(path) as handle:
             data = json.load(handle)
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"{path}: expected a {SCHEMA} results file, got schema {data.get('schema')!r}")
+        schema = data.get("schema") if isinstance(data, dict) else None
+        if schema != SCHEMA:
+            raise ValueError(f"{path}: expected a {SCHEMA} results file, got schema {schema!r}")
         return cls(Path(path), data)
 
     @property
@@ -173,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", help="searched recursively for results.json")
     parser.add_argument("--metrics-from", metavar="FILE", help="each run's metrics from this file in its folder")
     args = parser.parse_args(argv)
+    if missing := [folder for folder in args.folders if not Path(folder).is_dir()]:
+        parser.error(f"expected folders of runs, got {', '.join(missing)}: no such folder")
     header, rows = table(args.folders, args.metrics_from)
+    if not rows:
+        print(f"kinject-results: no complete run under {', '.join(args.folders)}", file=sys.stderr)
     writer = csv.writer(sys.stdout)
     writer.writerow(header)
     writer.writerows(rows)

@@ -20,17 +20,23 @@ from omegaconf import DictConfig, OmegaConf
 from kinject.budget import MODES
 from kinject.data.sources import BACKGROUND_SOURCES
 from kinject.errors import ConfigError
+from kinject.evaluation.recall import SCORES as RECALL_SCORES
 from kinject.evaluation.scoring import SCORINGS, TRADEOFF, UNBOUNDED
-from kinject.evaluation.suites import SUITES
+from kinject.evaluation.suites import RECALL, SUITES
 from kinject.infusion.formats import FORMATS, PARAPHRASES
 from kinject.infusion.schedule import PACKINGS
+from kinject.init import check_tokenizer_overrides
+from kinject.init import resolve as resolve_init
 from kinject.knowledge.sources import KNOWLEDGE_SOURCES
 
 
 def metrics() -> tuple[str, ...]:
-    """The values `metric` accepts: every registered suite's accuracies, the held-out and training loss."""
+    """The values `metric` accepts: every registered suite's accuracies (a recall suite's exact and first-token
+    shares), the held-out and training loss."""
     scores = [f"acc_{scoring}" for scoring in SCORINGS] + list(UNBOUNDED)
-    return tuple(f"{suite}/{score}" for suite in SUITES.names() for score in scores) + (
+    return tuple(
+        f"{suite}/{score}" for suite in SUITES.names() for score in (RECALL_SCORES if suite in RECALL else scores)
+    ) + (
         "heldout/loss",
         "train/loss",
         "train/loss_injected",
@@ -124,6 +130,8 @@ RULES = (
     Rule("model.max_position_embeddings", int, 1),
     Rule("model.vocab_size", int, 1, nullable=True),
     Rule("model.rope_theta", float, 0, low_open=True),
+    Rule("model.rms_norm_eps", float, 0, low_open=True),
+    Rule("model.pretrained_tokens", float, 0, low_open=True, nullable=True),
     Rule("optim.lr", float, 0, low_open=True),
     Rule("optim.min_lr_ratio", float, 0, 1),
     Rule("optim.weight_decay", float, 0),
@@ -144,7 +152,8 @@ RULES = (
 
 def validate(cfg: DictConfig) -> None:
     """Raises ConfigError for a value with no default left unset, then for the first value that breaks its
-    rule; a list is checked item by item where allowed."""
+    rule; a list is checked item by item where allowed. A run from a checkpoint (`model.init`) gets the init's
+    architecture and tokenizer written into `cfg` first (kinject.init.resolve), so they are checked too."""
     missing = sorted(
         key
         for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False))
@@ -156,6 +165,7 @@ def validate(cfg: DictConfig) -> None:
             "a value: this setting has no default",
             hint=f"set it on the command line, e.g. {missing[0]}=...",
         )
+    resolve_init(cfg)
     for rule in RULES:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
         if value is _ABSENT:
@@ -170,7 +180,9 @@ OPEN = ("callbacks.", "hydra.")  # where `+key=value` adds what the config canno
 def check_additions(cfg: DictConfig, overrides: list[str]) -> None:
     """`+key=value` adds a key, and a key nothing reads changes nothing: Hydra's hint for a mistyped key
     (`+infusion.frq=8`) would train the default and exit 0. Additions are accepted only where the config is
-    open (extra callbacks, Hydra's own settings) and as Lightning Trainer arguments (`+trainer.NAME`)."""
+    open (extra callbacks, Hydra's own settings) and as Lightning Trainer arguments (`+trainer.NAME`). With
+    `model.init` a tokenizer setting is refused too: the run's tokenizer is the init's."""
+    check_tokenizer_overrides(cfg, overrides)
     known = [key for key, _ in _leaves(OmegaConf.to_container(cfg, resolve=False))]
     trainer_args = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for override in overrides:

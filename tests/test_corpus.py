@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import socket
 from pathlib import Path
@@ -14,12 +16,14 @@ import pytest
 import transformers.utils.hub
 from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
 
+from kinject.cli import train as train_script
 from kinject.data.background import LaneStream
-from kinject.data.corpus import Corpus
+from kinject.data.corpus import Corpus, UnreadableData
 from kinject.errors import ConfigError
 from kinject.run.experiment import prepare
 from kinject.run.show_batch import show
-from tests.corpus_files import ROW_GROUPS, ROWS_PER_GROUP, documents, local, write_jsonl
+from tests.conftest import ROOT
+from tests.corpus_files import ROW_GROUPS, ROWS_PER_GROUP, damage_page, documents, local, write_jsonl, write_parquet
 
 
 def lane_documents(stream: LaneStream, tokenizer, lane: int, chunks: int) -> list[str]:
@@ -107,6 +111,15 @@ def test_jsonl_and_text_files_feed_the_same_pipeline(make_cfg, tmp_path):
         ("random_bytes_parquet", r"junk\.parquet: expected a parquet file whose footer and schema can be read"),
         ("truncated_parquet", r"cut\.parquet: expected a parquet file whose footer and schema can be read"),
         ("heldout", r"data\.heldout_units: expected 0 to 8"),
+        ("int_text", r"ints\.parquet: expected a string column 'text'.*got \"column 'text' of type int64\""),
+        ("list_text", r"lists\.parquet: expected a string column 'text'.*got \"column 'text' of type list<"),
+        ("null_texts", r"data\.files: expected documents with text, got \['.*nulls\.parquet'\]\. every document"),
+        ("empty_texts", r"data\.files: expected documents with text, got \['.*empty_texts\.jsonl'\]"),
+        ("blank_lines", r"data\.files: expected documents with text, got \['.*blank\.txt'\]"),
+        ("page_read_before_training", r"000_00000\.parquet, row group 1: expected data that can be read\. OSError: "),
+        ("gzip", r"packed\.jsonl: expected plain UTF-8 text .*got 'gzip-compressed data'\. decompress it"),
+        ("latin1", r"latin1\.jsonl:2 \(line at byte 17\): expected UTF-8 text, got b'.*\\xe9.*iconv"),
+        ("folder", r"data\.files: expected paths or globs that match files, got '.*parquets'\. it is a folder"),
         ("workers", r"data\.num_workers: expected a divisor of data\.lane_groups x gradient accumulation \(2 x 2\)"),
     ],
 )
@@ -121,6 +134,16 @@ def test_bad_corpus_input_is_a_clear_error(make_cfg, tmp_path, fineweb, case, ma
     whole = Path(fineweb[0].replace("*.parquet", "000_00000.parquet")).read_bytes()
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "cut.parquet").write_bytes(whole[: len(whole) // 2])
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    pq.write_table(pa.table({"text": [["a"], ["b"]]}), tmp_path / "lists.parquet")
+    write_parquet(tmp_path / "nulls.parquet", [None] * 30)
+    (tmp_path / "empty_texts.jsonl").write_text('{"text": ""}\n' * 30)
+    (tmp_path / "blank.txt").write_text("\n \n\t\n" * 30)
+    (tmp_path / "early").mkdir()
+    write_parquet(tmp_path / "early" / "000_00000.parquet", documents(40))
+    damage_page(tmp_path / "early" / "000_00000.parquet", 1)
+    (tmp_path / "packed.jsonl").write_bytes(gzip.compress(Path(tmp_path / "late.jsonl").read_bytes()))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     files, extra = {
         "missing": (str(tmp_path / "nope.parquet"), ()),
         "empty_glob": (str(tmp_path / "empty" / "*.parquet"), ()),
@@ -132,10 +155,45 @@ def test_bad_corpus_input_is_a_clear_error(make_cfg, tmp_path, fineweb, case, ma
         "truncated_parquet": (str(tmp_path / "cut" / "*.parquet"), ()),
         "heldout": (fineweb[0], ("data.heldout_units=9",)),
         "workers": (fineweb[0], ("data.num_workers=3",)),
+        "int_text": (str(tmp_path / "ints.parquet"), ()),
+        "list_text": (str(tmp_path / "lists.parquet"), ()),
+        "null_texts": (str(tmp_path / "nulls.parquet"), ()),
+        "empty_texts": (str(tmp_path / "empty_texts.jsonl"), ("data.block_bytes=64",)),
+        "blank_lines": (str(tmp_path / "blank.txt"), ("data.block_bytes=8",)),
+        "page_read_before_training": (str(tmp_path / "early" / "*.parquet"), ()),
+        "gzip": (str(tmp_path / "packed.jsonl"), ()),
+        "latin1": (str(tmp_path / "latin1.jsonl"), ()),
+        "folder": (str(tmp_path / "parquets"), ()),
     }[case]
     cfg = local(make_cfg, files, *extra)
     with pytest.raises(ConfigError, match=match):
         prepare(cfg)
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_data_page_damaged_past_the_footer_fails_training_naming_the_file_and_row_group(make_cfg, fineweb, workers):
+    """Row group 0 of the third file is read first by training (not by the tokenizer, not held out)."""
+    damaged = Path(fineweb[0]).parent / "002_00000.parquet"
+    damage_page(damaged, 0)
+    cfg = local(make_cfg, fineweb[0], f"data.num_workers={workers}")
+    with pytest.raises(UnreadableData) as failed:
+        train_script.train(cfg)
+    message = f"{damaged}, row group 0: expected data that can be read. OSError: Couldn't deserialize thrift"
+    assert str(failed.value).startswith(message) and "\n" not in str(failed.value)
+    record = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert record["status"] == "failed" and record["error"] == f"UnreadableData: {failed.value}"
+    if not workers:
+        assert record["where"].startswith(str(ROOT / "kinject" / "data" / "corpus.py"))
+
+
+@pytest.mark.slow
+def test_null_texts_train_nothing_and_are_counted_in_the_record(make_cfg, tmp_path):
+    texts = documents(90)
+    write_parquet(tmp_path / "third.parquet", [None if i % 3 == 0 else t for i, t in enumerate(texts)])
+    cfg = local(make_cfg, str(tmp_path / "third.parquet"), "infusion.freq=0", "tokens=2048")
+    train_script.train(cfg)
+    counted = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["filter"]
+    assert 0 < counted["empty_documents"] < counted["documents"]
 
 
 def test_fineweb_without_network_fails_fast_pointing_to_local_data(make_cfg, monkeypatch):

@@ -71,6 +71,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
     resumed = subprocess.run(_command(killed_dir, cache_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = uninterrupted, json.loads((killed_dir / "results.json").read_text())
+    assert (b["run"]["start_step"], b["run"]["steps_trained"]) == (step, 128 - step), "resumed at the checkpoint"
     assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-5)
     flat = [[x for row in r["items"]["memorization"]["logprob"] for x in row] for r in (a, b)]
     assert flat[0] == pytest.approx(flat[1], abs=1e-3)
@@ -107,8 +108,46 @@ def test_sigterm_saves_the_current_step_records_it_exits_non_zero_and_the_same_c
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     again = json.loads((folder / "results.json").read_text())
     assert again["status"] == "complete"
+    assert (again["run"]["start_step"], again["run"]["steps_trained"]) == (record["step"], 128 - record["step"])
+    assert f"resumed from {folder / 'checkpoints' / 'last.ckpt'} at step {record['step']} of 128" in resumed.stdout
     assert again["metrics"] == uninterrupted["metrics"]
     assert again["curve"] == uninterrupted["curve"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_the_step_it_resumes_from_and_overwrite_starts_a_clean_log(tmp_path, cache_dir):
+    """Ctrl-C (SIGINT) ends the run as a shell expects (128 + 2) and says from which step the same command
+    resumes: the last saved one, not the one it stopped at. overwrite=true then deletes that run's log lines too."""
+    folder, mark = tmp_path / "run", tmp_path / "step6"
+    command = _command(
+        folder,
+        cache_dir,
+        "trainer.checkpoint.every_n_steps=4",
+        f"hydra.run.dir={folder}",
+        "+callbacks.mark._target_=tests.helpers.MarkStep",
+        f"+callbacks.mark.path={mark}",
+        "+callbacks.mark.step=6",
+    )
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not mark.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    record = results.read(folder / "results.json")
+    step, saved = record["step"], torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert record["status"] == "interrupted" and 6 <= step < 128 and saved == step - step % 4, record
+    line = f"interrupted at step {step} of 128: the same command resumes from {folder / 'checkpoints' / 'last.ckpt'}"
+    assert f"{line} at step {saved} of 128" in stdout
+    assert record["error"].startswith(f"SIGINT: stopped at step {step}; the same command resumes from")
+    assert "Traceback" not in stdout + stderr
+
+    again = subprocess.run([*command[:-3], "overwrite=true", "tokens=4096"], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    log = (folder / "train.log").read_text()
+    assert "interrupted at step" not in log and log.count("] - budget ") == 1
+    assert "overwrite=true: deleted the results, checkpoints and log of the run" in log
 
 
 def test_a_signal_mid_accumulation_stops_after_that_step_and_hands_over_as_soon_as_it_is_saved(make_cfg, monkeypatch):

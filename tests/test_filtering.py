@@ -1,5 +1,5 @@
 """The lexical filter: whole words, case-insensitive, two modes, the same answers as a naive regex,
-and on the data path: dropped documents never reach training and are counted."""
+and on the data path: dropped and empty documents never reach training and are counted."""
 
 from __future__ import annotations
 
@@ -118,3 +118,47 @@ def test_the_synthetic_world_loses_nothing_to_the_filter(make_cfg):
     stats = experiment.datamodule.filter_stats()
     assert stats.dropped_documents == 0 and stats.documents > 0
     assert stats.tokens == experiment.datamodule.dataset.background.epoch_tokens
+
+
+def test_null_and_blank_texts_never_reach_training_and_are_counted(make_cfg, tmp_path):
+    texts = documents(90)
+    texts = [None if i % 3 == 0 else " \n" if i % 7 == 0 else t for i, t in enumerate(texts)]
+    write_parquet(tmp_path / "000.parquet", texts)
+    experiment = prepare(local(make_cfg, str(tmp_path / "*.parquet"), "infusion.freq=0", "data.filter=none"))
+    dataset = experiment.datamodule.dataset
+    items = [dataset[i] for i in range(experiment.budget.sequences)]
+    eos = experiment.tokenizer.eos_token_id
+    assert all(not ((ids[1:] == eos) & (ids[:-1] == eos)).any() for ids in (item["input_ids"] for item in items))
+
+    stream = dataset.background
+    last = {int(item["position"][0]): item["position"].numpy() for item in items}
+    expected = [0, 0]
+    for row in last.values():
+        p = LanePosition.of(row)
+        rows = [t for k in range(p.unit) for _, b in stream.corpus.documents(stream.unit(p.lane, k)) for t in b]
+        rows += [t for _, batch in stream.corpus.documents(stream.unit(p.lane, p.unit)) for t in batch][: p.row + 1]
+        expected[0] += len(rows)
+        expected[1] += sum(not t.strip() for t in rows)
+    stats = stream.filter_stats(last)
+    assert (stats.documents, stats.empty_documents) == tuple(expected) and 0 < stats.empty_documents
+    assert stats.dropped_documents == 0
+
+
+def test_a_filter_that_drops_every_document_stops_instead_of_reading_forever(make_cfg, tmp_path):
+    triples = tmp_path / "triples.jsonl"
+    names = ["Zorblax Quint", "Mira Tolk", "Oren Vasq", "Ilse Brann"]
+    triples.write_text(
+        "".join(f'{{"subject": "{n}", "relation": "P19", "object": "City {i}"}}\n' for i, n in enumerate(names))
+    )
+    write_parquet(tmp_path / "000.parquet", [f"Then zorblax QUINT spoke. {t}" for t in documents(30)])
+    cfg = local(
+        make_cfg,
+        str(tmp_path / "*.parquet"),
+        "knowledge=wikidata",
+        f"knowledge.files={triples}",
+        "knowledge.num_facts=4",
+        "infusion.freq=0",
+    )
+    dataset = prepare(cfg).datamodule.dataset
+    with pytest.raises(ValueError, match=r"expected documents to train on, got none in the 33 units that lane 0 read"):
+        dataset[0]

@@ -45,7 +45,7 @@ def test_the_checks_on_the_cpu_pass_and_a_failed_one_fails_the_command(tmp_path)
     assert checks["throughput"]["ok"] and checks["throughput"]["figures"]["tokens_per_s"] > 0
     accumulation = checks["accumulation"]
     assert accumulation["ok"], accumulation
-    assert accumulation["figures"]["accumulation"] == 4 and accumulation["figures"]["curve_steps"] == [10, 20]
+    assert accumulation["figures"]["accumulation"] == 4 and accumulation["figures"]["curve_steps"] == [0, 10, 20]
     assert accumulation["figures"]["evaluate_max_difference"] <= 1e-5
     resume = checks["fsdp_resume"]
     assert not resume["ok"]

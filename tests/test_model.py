@@ -117,3 +117,47 @@ def test_compile_compiles_each_decoder_layer_in_place_and_the_run_trains(make_cf
     fitted.fit(module, datamodule=experiment.datamodule)
     assert fitted.global_step == 2 and math.isfinite(float(fitted.callback_metrics["train/loss"]))
     assert set(module.state_dict()) == keys, "checkpoints keep their keys"
+
+
+PUBLIC = {"smollm2_135m": 134.5e6, "smollm2_360m": 361.8e6, "smollm2_1.7b": 1.711e9}  # as published, tied embeddings
+
+
+@pytest.mark.parametrize("name", list(PUBLIC))
+def test_the_public_ladder_counts_its_published_parameters(name):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}"])
+    spec = ModelSpec.from_config(cfg.model)
+    model = build(spec, spec.vocab_size, device="meta")
+    total, _ = count_params(model)
+    assert total == pytest.approx(PUBLIC[name], rel=2e-3)
+    assert model.config.rms_norm_eps == 1e-5 and model.config.tie_word_embeddings
+
+
+@pytest.mark.slow
+def test_a_run_evaluates_before_its_first_step_and_logs_it(make_cfg):
+    from lightning.pytorch.loggers import Logger
+
+    from kinject.cli.train import build_trainer
+    from kinject.training.callbacks import TrainingEvaluation
+
+    class Recording(Logger):
+        name, version = "recording", "0"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps: list[int | None] = []
+
+        def log_metrics(self, metrics, step=None) -> None:
+            if "memorization/acc_sum" in metrics:
+                self.steps.append(step)
+
+        def log_hyperparams(self, params, *args, **kwargs) -> None:
+            pass
+
+    cfg = make_cfg("tokens=1024", "infusion.freq=0", "eval.every_n_steps=0")
+    module, experiment, _ = _tiny(make_cfg)
+    evaluation = TrainingEvaluation(experiment.evaluator, 0, experiment.budget.tokens_per_step)
+    recording = Recording()
+    build_trainer(cfg, experiment, [recording], [evaluation]).fit(module, datamodule=experiment.datamodule)
+    assert [point["step"] for point in evaluation.curve] == [0] and recording.steps == [0]
+    assert evaluation.final is not None and set(evaluation.curve[0]) >= set(evaluation.final.metrics)

@@ -210,3 +210,15 @@ def test_the_paper_trainer_builds_each_sizes_strategy(tmp_path):
         cfg.paths.output_dir = str(tmp_path)
         trainer = build_trainer(cfg, SimpleNamespace(budget=Budget.from_config(cfg)), [], [])
         assert type(trainer.strategy) is strategy, size
+
+
+def test_the_public_ladder_for_continued_pretraining_is_priced_offline(capsys, monkeypatch):
+    """Its model configs carry the init's architecture: the plan reads no init (the hub is off here)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    ladder = ("data=fineweb_edu", "trainer=gpu", "tokens=2000000000", "knowledge.num_facts=10000", "infusion.freq=16")
+    shape = ("data.seq_len=2048", "data.batch_size=256", "data.micro_batch_size=8", "activation_checkpointing=true")
+    assert plan.main(["model=smollm2_135m", *ladder, *shape]) == 0
+    (row,) = _rows(capsys.readouterr().out)
+    assert row[:6] == ["smollm2_135m", "16", "2.00B", "0.104%", "3,814", "2.2"] and len(row) == 8, "not refused"

@@ -139,3 +139,16 @@ def test_two_ranks_read_the_step_of_one_and_resume_on_either_world_size(make_cfg
             datamodule.load_state_dict(state)
             resumed.update(_consume(datamodule, 3, 2, rank, world))
         _assert_is_the_pure_stream(resumed, reference, range(3 * batch, 5 * batch))
+
+
+def test_a_checkpoint_from_before_the_empty_document_count_resumes(make_cfg, fineweb):
+    """Lane positions saved with one counter fewer load as rows of today's width (the new counter at 0), so a
+    checkpoint saved after some lanes were read again stacks them without error."""
+    datamodule = prepare(local(make_cfg, fineweb[0])).datamodule
+    width = len(LanePosition(0).array())
+    old = np.arange(2 * (width - 1)).reshape(2, width - 1)
+    datamodule.load_state_dict({"positions": torch.from_numpy(old)})
+    datamodule.positions[99] = LanePosition(99, empty_documents=3).array()
+    rows = datamodule.state_dict()["positions"].numpy()
+    assert rows.shape == (3, width)
+    assert rows[:2, :-1].tolist() == old.tolist() and rows[:2, -1].tolist() == [0, 0]

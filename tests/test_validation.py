@@ -88,7 +88,7 @@ def test_a_new_suite_is_one_registered_function_and_its_name(make_cfg, monkeypat
     with pytest.raises(
         ConfigError,
         match="eval.suites: expected one of memorization, memorization_in_sequence, extraction, question, "
-        "background, background_extraction, first_five",
+        "background, background_extraction, recall, recall_in_sequence, background_recall, first_five",
     ):
         validate(make_cfg("eval.suites=[memorization,no_such_suite]"))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from kinject.cli import train as train_script
 from kinject.errors import ConfigError
 from kinject.infusion.formats import render
 from kinject.knowledge import wikidata
@@ -159,3 +160,32 @@ def test_a_latin1_csv_is_named_with_its_line(tmp_path):
     path.write_bytes("subject,relation,object\nPerson 1,P19,Oslo\nJosé,P19,Bogotá\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.csv:3: expected UTF-8 text.*iconv"):
         load(path)
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("empty.jsonl", "", r"empty\.jsonl: expected at least one triple with labels.*got 'an empty file'"),
+        ("blank.jsonl", "\n  \n", r"blank\.jsonl: expected at least one triple .*got 'an empty file'"),
+        (
+            "header.csv",
+            "subject,relation,object\n",
+            r"header\.csv: expected at least one triple .*got 'only a header row'",
+        ),
+        (
+            "folder",
+            None,
+            r"knowledge\.files: expected paths or globs that match files, got '.*folder'\. it is a folder",
+        ),
+    ],
+)
+def test_a_triples_file_without_triples_is_named(make_cfg, tmp_path, name, content, match):
+    """Next to a good file too: an empty file in a glob is a download that went wrong, not a smaller set."""
+    good = write(tmp_path / "good.jsonl", "jsonl")
+    if content is None:
+        (tmp_path / name).mkdir()
+    else:
+        (tmp_path / name).write_text(content)
+    for files in (tmp_path / name, f"[{good},{tmp_path / name}]"):
+        with pytest.raises(ConfigError, match=match):
+            train_script.train(make_cfg("knowledge=wikidata", f"knowledge.files={files}", "knowledge.num_facts=9"))

@@ -60,7 +60,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--metric",
         default=DEFAULT_METRIC,
-        help="what to fit: an accuracy SUITE/acc_SCORE, or an unbounded SUITE/margin or SUITE/gold_logprob",
+        help="what to fit: an accuracy SUITE/acc_SCORE, a recall SUITE/exact or SUITE/first_token (no chance "
+        "floor), or an unbounded SUITE/margin or SUITE/gold_logprob",
+    )
+    parser.add_argument(
+        "--metrics-from",
+        metavar="FILE",
+        help="each run's metrics and per-item outcomes from this file beside its results.json (evaluate.py's out=)",
     )
     parser.add_argument("--params", choices=list(PARAMS), default="non_embedding", help="what N counts")
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples (0: no intervals)")
@@ -91,11 +97,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--bootstrap must be >= 0")
     if args.out and args.out.is_dir():
         parser.error(f"--out: expected a file path for the JSON report, got the folder {args.out}")
+    if args.out and (file := _file_on(args.out.parent)):
+        parser.error(f"--out: expected a file path in a folder, but {file} is a file")
+    if args.plots and (file := _file_on(args.plots)):
+        parser.error(f"--plots: expected a folder for pf_fits.png and law.png, got the file {file}")
     return args
 
 
+def _file_on(path: Path) -> Path | None:
+    """The file that stands where a folder on `path` would have to be (the path itself or a parent)."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
 def load(args: argparse.Namespace) -> Table:
-    tables = [load_runs(args.runs, args.metric)] if args.runs else []
+    tables = [load_runs(args.runs, args.metric, args.metrics_from)] if args.runs else []
     tables += [load_csv(path) for path in args.csv]
     if args.wandb:
         tables.append(load_wandb(args.wandb, args.metric, args.group, args.tag))

@@ -25,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from kinject import CONF_DIR, results
 from kinject.errors import ConfigError
+from kinject.init import load_weights
 from kinject.run.experiment import Experiment, prepare
-from kinject.run.folder import LAST, claim
-from kinject.run.record import complete, recorded, returned, start_record
+from kinject.run.folder import LAST, claim, refuse_empty_rerun
+from kinject.run.record import Resumption, complete, recorded, returned, returned_from, start_record
 from kinject.run.tracking import log_hyperparams, make_loggers
 from kinject.training.callbacks import (
     ConfigInCheckpoint,
@@ -50,19 +51,28 @@ log = logging.getLogger("kinject")
 
 
 def build_module(
-    cfg: DictConfig, experiment: Experiment, flops: float | None = None, on_meta: bool = False
+    cfg: DictConfig,
+    experiment: Experiment,
+    flops: float | None = None,
+    on_meta: bool = False,
+    from_init: bool = True,
 ) -> CausalLM:
     """The LightningModule, with the FLOPs per batch that MFUMonitor turns into MFU (`flops` per token, counted
     here when not given). `on_meta`: the weights take no memory until sharded (FSDP2 ranks other than 0, which
-    receive rank 0's). Activation checkpointing is set here, before Lightning's `configure_model` shards."""
+    receive rank 0's). `from_init`: a run from a checkpoint (`model.init`) starts from its weights, read here
+    (not on the meta ranks; false when resuming, whose checkpoint replaces them). Activation checkpointing is set
+    here, before Lightning's `configure_model` shards."""
     budget = experiment.budget
+    load = from_init and experiment.model.init is not None and not on_meta
     module = CausalLM(
         model=cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)),  # mapping nodes give dicts
         vocab_size=experiment.vocab_size,
         **cast(dict[str, Any], OmegaConf.to_container(cfg.optim, resolve=True)),
         total_steps=budget.steps,
-        on_meta=on_meta,
+        on_meta=on_meta or load,
     )
+    if load:
+        module.model = load_weights(experiment.model, experiment.vocab_size)
     if cfg.activation_checkpointing:  # per decoder layer, on its forward: FSDP2's hooks stay outside the recompute
         module.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:  # per decoder layer, in place (same state-dict keys): FSDP2's hooks stay outside the graphs
@@ -119,11 +129,13 @@ def train(cfg: DictConfig) -> float | tuple[float, ...]:
     if HydraConfig.initialized():
         check_additions(cfg, list(HydraConfig.get().overrides.task))
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # the root config is a mapping
-    claim(output_dir, config, bool(cfg.overwrite))
-    done = results.complete_at(output_dir) if cfg.skip_complete else None
-    if done is not None:
+    claim(output_dir, config, bool(cfg.overwrite), bool(cfg.resume))
+    done = results.complete_at(output_dir)
+    if done is not None and cfg.skip_complete:
         log.info("already complete, skipped: %s", done.path)
-        return returned(cfg, done["metrics"])
+        return returned_from(cfg, done)
+    if done is not None and cfg.resume:
+        refuse_empty_rerun(output_dir, done)
     every = int(cfg.trainer.log_every_n_steps)
     last = LastCheckpoint(output_dir / LAST, **config["trainer"]["checkpoint"], decide_every=every)
     with Preemption(last, every=every) as preemption, job_devices(cfg) as devices:
@@ -148,21 +160,22 @@ def _train(
         experiment.evaluator, int(cfg.eval.every_n_steps), experiment.budget.tokens_per_step
     )
     progress = ProgressLog(experiment.budget.tokens_per_step)
+    resumption = Resumption()
     loggers = make_loggers(cfg)
     # preemption last: a signal is honoured after the step's evaluation and checkpoint
-    callbacks = [evaluation, ConfigInCheckpoint(config), last_checkpoint, progress, preemption]
+    callbacks = [resumption, evaluation, ConfigInCheckpoint(config), last_checkpoint, progress, preemption]
     trainer = build_trainer(cfg, experiment, loggers, callbacks, devices)
     on_meta = isinstance(trainer.strategy, FSDP2Strategy) and trainer.global_rank > 0
-    module = build_module(cfg, experiment, flops, on_meta=on_meta)
+    resume_from = readable(last_checkpoint.path) if cfg.resume else None
+    module = build_module(cfg, experiment, flops, on_meta=on_meta, from_init=resume_from is None)
     record = start_record(cfg, config, experiment, module.model)
-    progress.record = record
+    progress.record = resumption.record = record
 
     last = last_checkpoint.path
-    resume_from = readable(last) if cfg.resume else None
-    with recorded(record, trainer, loggers):
+    with recorded(record, trainer, loggers, last):
         log_hyperparams(loggers, config, {**record["model"], **record["budget"], **record["infusion"]})
         trainer.fit(module, datamodule=experiment.datamodule, ckpt_path=str(resume_from) if resume_from else None)
-        metrics = complete(record, trainer, experiment, evaluation, loggers, started, last)
+        metrics = complete(record, trainer, experiment, evaluation, loggers, started, last, resumption)
     return returned(cfg, metrics)
 
 

@@ -107,6 +107,7 @@ class LanePosition:
     tokens: int = 0
     dropped_documents: int = 0
     dropped_tokens: int = 0
+    empty_documents: int = 0  # last: a checkpoint written before it existed resumes with 0
 
     def array(self) -> np.ndarray:
         return np.array(astuple(self), dtype=np.int64)
@@ -162,13 +163,36 @@ class LaneStream:
         epoch, i = divmod(lane + k * self.lanes, len(self.units))
         return self.units[_pass_order(self.seed, len(self.units), epoch)[i]]
 
-    def documents(self, lane: int, k: int, row: int) -> Iterator[tuple[int, int, np.ndarray, bool]]:
-        """The lane's documents from its k-th unit and that row on: (k, row, [EOS]+tokens, dropped)."""
+    def documents(self, lane: int, k: int, row: int) -> Iterator[tuple[int, int, np.ndarray | None, bool]]:
+        """The lane's documents from its k-th unit and that row on: (k, row, [EOS]+tokens, dropped); a null or
+        blank text gives None. Refuses to read on where a lane finds nothing to train on for longer than
+        `barren_units` units in a row (every text empty or dropped by the filter), which would never end."""
+        barren = 0
         while True:
+            found = False
             for first, texts in self.corpus.documents(self.unit(lane, k), row):
-                for i, (text, doc) in enumerate(zip(texts, encode_documents(self.tokenizer, texts))):
-                    yield k, first + i, doc, self.mentions.mentions(text)
+                kept = [t for t in texts if t.strip()]
+                encoded = iter(encode_documents(self.tokenizer, kept))
+                for i, text in enumerate(texts):
+                    doc = next(encoded) if text.strip() else None
+                    dropped = doc is not None and self.mentions.mentions(text)
+                    found = found or (doc is not None and not dropped)
+                    yield k, first + i, doc, dropped
+            barren = 0 if found else barren + 1
+            if barren > self.barren_units:
+                raise ValueError(
+                    f"the background corpus: expected documents to train on, got none in the {barren} units that "
+                    f"lane {lane} read in a row (their texts were empty, or mentioned an evaluated fact: "
+                    f"data.filter={self.mentions.mode}). Check data.files and data.text_column, or the subjects of "
+                    "the knowledge set (a subject that is a common word drops most documents)"
+                )
             k, row = k + 1, 0
+
+    @property
+    def barren_units(self) -> int:
+        """Units read in a row without a document to train on before the lane gives up: two passes' worth, at
+        least 32, so that a sparse but usable corpus is not refused by chance."""
+        return max(2 * len(self.units), 32)
 
     def chunk(self, index: int, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         def length(i: int) -> int:
@@ -191,7 +215,7 @@ class LaneStream:
         total = FilterStats()
         for row in positions.values():
             p = LanePosition.of(row)
-            total += FilterStats(p.documents, p.tokens, p.dropped_documents, p.dropped_tokens)
+            total += FilterStats(p.documents, p.tokens, p.dropped_documents, p.dropped_tokens, p.empty_documents)
         return total
 
 
@@ -204,7 +228,9 @@ class _Reader:
         self._doc = np.zeros(0, dtype=np.int32)
         self._offset = 0
         if position.token:
-            self._doc, self._offset = next(self._documents)[2], position.token
+            doc = next(self._documents)[2]
+            assert doc is not None, "a lane resumes inside a document with text"
+            self._doc, self._offset = doc, position.token
 
     def next_chunk(self, need: int) -> np.ndarray:
         parts = []
@@ -220,14 +246,17 @@ class _Reader:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     def _next_document(self) -> None:
-        """Moves to the next kept document, counting the dropped ones on the way."""
+        """Moves to the next kept document, counting the empty and dropped ones on the way."""
         p = self.position
         while True:
             p.unit, p.row, doc, dropped = next(self._documents)
             p.documents += 1
-            if not dropped:
+            if doc is None:
+                p.empty_documents += 1
+            elif not dropped:
                 p.tokens += len(doc)
                 self._doc, self._offset = doc, 0
                 return
-            p.dropped_documents += 1
-            p.dropped_tokens += len(doc)
+            else:
+                p.dropped_documents += 1
+                p.dropped_tokens += len(doc)

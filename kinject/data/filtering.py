@@ -24,6 +24,7 @@ class FilterStats:
     tokens: int = 0
     dropped_documents: int = 0
     dropped_tokens: int = 0
+    empty_documents: int = 0  # null or blank texts, skipped (counted in `documents`)
 
     def __add__(self, other: FilterStats) -> FilterStats:
         return FilterStats(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))

@@ -8,9 +8,10 @@ world, so the background suite can measure forgetting. A new source is one funct
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 from kinject.budget import Budget
 from kinject.data import tokenizer as tokenizers
 from kinject.data.background import Background, BackgroundStream, LaneStream
-from kinject.data.corpus import Corpus, hub_files
+from kinject.data.corpus import Corpus, Unit, UnreadableData, hub_files
 from kinject.data.filtering import FilterStats, MentionFilter
 from kinject.data.tokenizer import encode_documents
 from kinject.errors import ConfigError
@@ -98,7 +99,8 @@ def _streamed(cfg: DictConfig, files: list[str], mentions: MentionFilter, budget
         )
     train, heldout = corpus.units[: len(corpus.units) - held], corpus.units[len(corpus.units) - held :]
     sample = itertools.islice(corpus.texts(train), int(data.tokenizer.train_docs))
-    tokenizer = tokenizers.build(data.tokenizer, sample, cfg.paths.cache_dir)
+    with _before_training():
+        tokenizer = tokenizers.build(data.tokenizer, sample, cfg.paths.cache_dir)
     groups = int(data.lane_groups)
     workers = int(data.num_workers)
     if workers > 1 and (groups * budget.accumulation) % workers:
@@ -109,4 +111,19 @@ def _streamed(cfg: DictConfig, files: list[str], mentions: MentionFilter, budget
             workers,
         )
     lanes = LaneStream(corpus, train, tokenizer, mentions, budget.seq_len, budget.batch_size, groups, int(cfg.seed))
-    return PreparedBackground(tokenizer, lanes, (text for text in corpus.texts(heldout) if not mentions.mentions(text)))
+    return PreparedBackground(tokenizer, lanes, _heldout(corpus, heldout, mentions))
+
+
+def _heldout(corpus: Corpus, units: list[Unit], mentions: MentionFilter) -> Iterator[str]:
+    """The held-out documents, read while the run is prepared (before training)."""
+    with _before_training():
+        yield from (text for text in corpus.texts(units) if not mentions.mentions(text))
+
+
+@contextlib.contextmanager
+def _before_training() -> Iterator[None]:
+    """A file that cannot be read while the run is prepared stops it as bad input, like the checks."""
+    try:
+        yield
+    except UnreadableData as error:
+        raise error.config_error() from None

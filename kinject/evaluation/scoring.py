@@ -5,10 +5,8 @@ option tokenized jointly (as training saw them), after the item's context docume
 each EOS-led as in the training stream. All options of a batch of items go through the
 model in one forward pass. Accuracy is reported three ways: summed log-likelihood, per-token mean
 (the paper's perplexity choice) and per-character mean; per-item outcomes are kept for the fits.
-
-Under torch.distributed every rank scores an equal, padded slice of the items and held-out text and
-the slices are gathered: W times less work per evaluation, and every rank runs the same number of
-forward passes, which a sharded (FSDP) model needs to gather its weights.
+Under torch.distributed each rank scores a slice (kinject.evaluation.sharding). Suites answered by
+greedy decoding instead (recall) are scored by kinject.evaluation.recall.
 """
 
 from __future__ import annotations
@@ -24,7 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from kinject.data.tokenizer import encode_documents
-from kinject.knowledge.facts import Item
+from kinject.evaluation.prompts import answer_start, context_tokens
+from kinject.evaluation.recall import SCORES as RECALL_SCORES
+from kinject.evaluation.recall import encode_prompts, greedy, outcomes
+from kinject.evaluation.sharding import gathered, share
+from kinject.evaluation.suites import RECALL
+from kinject.knowledge.facts import OPTIONS, Item
 
 SCORINGS = ("sum", "token", "char")
 UNBOUNDED = ("gold_logprob", "margin", "gold_rank")
@@ -40,43 +43,16 @@ class EncodedItems:
 
 
 def encode_items(tokenizer, items: Sequence[Item]) -> EncodedItems:
-    eos = tokenizer.eos_token_id
     ids, starts, chars = [], [], []
     for item in items:
         texts = [f"{item.prompt} {option}" for option in item.options]
         encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        lead = [int(t) for doc in encode_documents(tokenizer, item.context) for t in doc] if item.context else []
+        lead = context_tokens(tokenizer, item)
         for row, offsets in zip(encoded["input_ids"], encoded["offset_mapping"]):
-            first = next(i for i, (start, _) in enumerate(offsets) if start >= len(item.prompt))
-            ids.append([*lead, eos, *row])
-            starts.append(len(lead) + first + 1)
+            ids.append([*lead, *row])
+            starts.append(len(lead) + answer_start(offsets, item.prompt))
         chars.append([len(option) + 1 for option in item.options])
     return EncodedItems(list(items), ids, starts, np.array(chars, dtype=np.float64).reshape(len(items), -1))
-
-
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _share(n: int) -> tuple[np.ndarray, int]:
-    """This rank's contiguous slice of n things, padded (with index 0) to the same length on every rank,
-    and how many of its entries are real."""
-    rank, world = _world()
-    per = -(-n // world)
-    mine = np.arange(rank * per, min(n, (rank + 1) * per))
-    return np.concatenate([mine, np.zeros(per - len(mine), dtype=int)]), len(mine)
-
-
-def _gathered(part: np.ndarray) -> np.ndarray:
-    """The real entries of every rank's slice, in rank order: the unsharded result."""
-    _, world = _world()
-    if world == 1:
-        return part
-    parts: list[np.ndarray] = [np.empty(0)] * world
-    torch.distributed.all_gather_object(parts, part)
-    return np.concatenate(parts)
 
 
 @torch.no_grad()
@@ -86,12 +62,12 @@ def option_logprobs(model, encoded: EncodedItems, batch_items: int, pad_id: int)
     shape = (len(encoded.items), n_options)
     if not encoded.items:
         return np.zeros(shape), np.zeros(shape)
-    items, real = _share(len(encoded.items))
+    items, real = share(len(encoded.items))
     rows = (items[:, None] * n_options + np.arange(n_options)).ravel()
     sums = _option_logprobs(
         model, [encoded.ids[r] for r in rows], [encoded.option_start[r] for r in rows], batch_items * n_options, pad_id
     )
-    sums = _gathered(sums.reshape(-1, n_options)[:real])
+    sums = gathered(sums.reshape(-1, n_options)[:real])
     counts = np.array([len(row) for row in encoded.ids], dtype=np.float64) - encoded.option_start
     return sums.reshape(shape), counts.reshape(shape)
 
@@ -127,10 +103,10 @@ class Evaluation:
     items: dict[str, dict[str, list]]
 
     def per_relation(self, scoring: str = "token") -> dict[str, dict[str, float]]:
-        """Accuracy of each suite broken down by relation."""
+        """Accuracy of each suite broken down by relation (of a recall suite: its exact answers)."""
         table: dict[str, dict[str, float]] = {}
         for suite, record in self.items.items():
-            correct = np.array(record[f"correct_{scoring}"])
+            correct = np.array(record["exact"] if suite in RECALL else record[f"correct_{scoring}"])
             relations = np.array(record["relation"])
             table[suite] = {str(r): float(correct[relations == r].mean()) for r in sorted(set(record["relation"]))}
         return table
@@ -166,8 +142,11 @@ class Evaluator:
         heldout_batch: int = 4,
         tradeoff_weight: float = 0.5,
     ):
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.eos_token_id
-        self.suites = {name: encode_items(tokenizer, items) for name, items in suites.items() if items}
+        present = {name: items for name, items in suites.items() if items}
+        self.suites = {name: encode_items(tokenizer, items) for name, items in present.items() if name not in RECALL}
+        self.recall = {name: encode_prompts(tokenizer, items) for name, items in present.items() if name in RECALL}
         self.heldout = heldout
         self.batch_items = batch_items
         self.heldout_batch = heldout_batch
@@ -204,6 +183,17 @@ class Evaluator:
                 metrics[f"{name}/{score}"] = float(values.mean())
             metrics[f"{name}/n_items"] = len(encoded.items)
             items[name] = record
+        for name, prompts in self.recall.items():
+            generated = greedy(model, prompts.prompts, prompts.new_tokens, self.batch_items * OPTIONS, self.pad_id)
+            record = {
+                "fact_id": [item.fact_id for item in prompts.items],
+                "relation": [item.relation for item in prompts.items],
+                **outcomes(self.tokenizer, prompts, generated),
+            }
+            for score in RECALL_SCORES:
+                metrics[f"{name}/{score}"] = float(np.mean(record[score]))
+            metrics[f"{name}/n_items"] = len(prompts.items)
+            items[name] = record
         if len(self.heldout):
             metrics["heldout/loss"] = self.heldout_loss(model)
         if {"memorization", "background"} <= self.suites.keys():
@@ -216,7 +206,7 @@ class Evaluator:
     def heldout_loss(self, model) -> float:
         """Mean next-token loss over the held-out sequences, `heldout_batch` sequences per forward pass."""
         device = next(model.parameters()).device
-        rows, real = _share(len(self.heldout))
+        rows, real = share(len(self.heldout))
         losses = []
         for lo in range(0, len(rows), self.heldout_batch):
             batch = self.heldout[torch.from_numpy(rows[lo : lo + self.heldout_batch])].to(device)
@@ -225,7 +215,7 @@ class Evaluator:
                 logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="none"
             )
             losses.append(loss.view(len(batch), -1).sum(-1))
-        total = _gathered(torch.cat(losses).double().cpu().numpy()[:real]).sum()
+        total = gathered(torch.cat(losses).double().cpu().numpy()[:real]).sum()
         return float(total / (len(self.heldout) * (self.heldout.size(1) - 1)))
 
 

@@ -1,8 +1,9 @@
-"""Evaluation suites: which multiple-choice items a run is scored on, each registered by name.
+"""Evaluation suites: which items a run is scored on, each registered by name.
 
 `eval.suites` lists the names; a suite that has nothing to ask in a setting (no held-out templates,
 no background world) yields no items and is left out. A new suite is one function here plus its
-name in `eval.suites`.
+name in `eval.suites`. The suites named in RECALL are answered by the model (greedy decoding,
+kinject.evaluation.recall); the others are 4-way multiple choice scored by likelihood.
 """
 
 from __future__ import annotations
@@ -108,6 +109,27 @@ def background_extraction(inputs: SuiteInputs) -> list[Item]:
     """The same background facts asked in the held-out phrasing, which the corpus uses for background people
     only: whether that phrasing was learned at all, the ceiling for `extraction` of the injected facts."""
     return _background_items(inputs, lambda relation: relation.heldout[0] if relation.heldout else None)
+
+
+@SUITES.register("recall")
+def recall(inputs: SuiteInputs) -> list[Item]:
+    """`memorization`'s questions (each fact alone), answered by the model."""
+    return memorization(inputs)
+
+
+@SUITES.register("recall_in_sequence")
+def recall_in_sequence(inputs: SuiteInputs) -> list[Item]:
+    """`memorization_in_sequence`'s questions (after the fact's list neighbours), answered by the model."""
+    return memorization_in_sequence(inputs)
+
+
+@SUITES.register("background_recall")
+def background_recall(inputs: SuiteInputs) -> list[Item]:
+    """`background`'s questions (facts of the background corpus), answered by the model."""
+    return background(inputs)
+
+
+RECALL = ("recall", "recall_in_sequence", "background_recall")
 
 
 def build_suites(names: list[str], inputs: SuiteInputs) -> dict[str, list[Item]]:

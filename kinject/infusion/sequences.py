@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from kinject.budget import Budget, accumulation, check_injection, check_room
-from kinject.data.background import Background
+from kinject.data.background import Background, LanePosition
 from kinject.data.filtering import FilterStats
 from kinject.data.tokenizer import encode_documents
 from kinject.infusion.formats import InfusionConfig, render, variants
@@ -191,7 +191,8 @@ class InfusionDataModule(L.LightningDataModule):
         return {"positions": torch.from_numpy(np.stack([positions[k] for k in sorted(positions)]))}
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.positions = {int(row[0]): row for row in state_dict["positions"].numpy()}
+        """Rows of a checkpoint from before a counter was added are widened with that counter at 0."""
+        self.positions = {int(row[0]): LanePosition.of(row).array() for row in state_dict["positions"].numpy()}
 
     def filter_stats(self) -> FilterStats:
         """Documents and tokens the mention filter kept and dropped, for the data trained on so far

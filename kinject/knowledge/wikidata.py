@@ -83,8 +83,20 @@ def _triple(where: str, record: Any) -> Triple:
 
 
 def read_triples(paths: Sequence[str]) -> list[Triple]:
-    """Distinct triples of all files, sorted, so the sample depends on the seed and not on file order."""
-    return sorted({_triple(where, record) for path in paths for where, record in _records(path)})
+    """Distinct triples of all files, sorted, so the sample depends on the seed and not on file order.
+    A file without a triple (empty, blank, or a CSV header alone) is refused with its name."""
+    triples: set[Triple] = set()
+    for path in paths:
+        read = {_triple(where, record) for where, record in _records(path)}
+        if not read:
+            got = (
+                "only a header row"
+                if _text(path).strip() and path.lower().endswith((".csv", ".tsv"))
+                else "an empty file"
+            )
+            raise ConfigError(path, EXPECTED.replace("a triple", "at least one triple", 1), got)
+        triples |= read
+    return sorted(triples)
 
 
 def sample(triples: Sequence[Triple], num_facts: int, seed: int) -> list[Fact]:

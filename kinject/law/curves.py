@@ -44,7 +44,8 @@ class Curve:
     n_items: np.ndarray  # NaN where the source gives only a mean
     # (run indices, outcomes[runs, facts]) for runs scored on the same facts, resampled jointly
     paired: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
-    bounded: bool = True  # an accuracy in [0, 1] with chance CHANCE; False: an unbounded score
+    bounded: bool = True  # an accuracy in [0, 1]; False: an unbounded score
+    chance: float = CHANCE  # an accuracy's chance level: CHANCE for 4-way multiple choice, 0 for generative recall
 
     def digest(self) -> int:
         """A fingerprint of the curve's numbers. Bootstrap streams are seeded from it, so that a group's
@@ -394,13 +395,13 @@ def fit_curve(
         return CurveFit(
             "not fitted", f"needs at least 3 distinct frequencies F > 0, got {distinct.size}", span, baseline
         )
-    floor = CHANCE
+    floor = curve.chance
     if not curve.bounded:
         if baseline is None:
             return CurveFit("not fitted", "an unbounded score needs F = 0 runs: their mean is its floor", span, None)
         floor = baseline
     plain = fit_form(freq, acc, n_items, 0.0 if curve.bounded else floor, curve.bounded)
-    floored = fit_form(freq, acc, n_items, CHANCE) if curve.bounded else None
+    floored = fit_form(freq, acc, n_items, curve.chance) if curve.bounded and curve.chance > 0 else None
     weight = _smoothed(acc, n_items, curve.bounded)[1]
     saturating = fit_saturating(freq, acc, weight, floor, 1.0 if curve.bounded else None)
     residuals = [np.sqrt(weight) * (form(freq) - acc) for form in (plain, saturating)]

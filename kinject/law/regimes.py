@@ -94,12 +94,13 @@ def screen(
     seed: int,
     models: Sequence[str] = (),
     tokens: float | None = None,
+    metrics_from: str | None = None,
 ) -> list[Row]:
     """Every (setting, metric) row, in the order of `metrics`, of the runs of `models` whose D is within 1% of
-    `tokens` (tokens=1_000_000 trains 999,424: whole steps); default: all runs."""
+    `tokens` (tokens=1_000_000 trains 999,424: whole steps); default: all runs. `metrics_from`: as fit_law's."""
     rows = []
     for metric in metrics:
-        table = load_runs(dirs, metric)
+        table = load_runs(dirs, metric, metrics_from)
         table.runs = [
             r
             for r in table.runs
@@ -164,9 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=[], help="only this size (repeatable)")
     parser.add_argument("--tokens", type=float, help="only runs of this budget D (within 1%%)")
     parser.add_argument("--out", type=Path, help="the rows as JSON")
+    parser.add_argument("--metrics-from", metavar="FILE", help="each run's metrics from this file beside its record")
     args = parser.parse_args(argv)
     try:
-        rows = screen(args.runs, args.metric or METRICS, args.bootstrap, args.seed, args.model, args.tokens)
+        rows = screen(
+            args.runs, args.metric or METRICS, args.bootstrap, args.seed, args.model, args.tokens, args.metrics_from
+        )
     except TableError as error:
         print(f"regimes: {error}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from kinject.law.analysis import Analysis
-from kinject.law.curves import CHANCE, LEVEL, CurveFit, Group
+from kinject.law.curves import LEVEL, CurveFit, Group
 from kinject.law.scaling import HUBER_DELTA, Cut, LawResult
 
 SCHEMA = "kinject.fit_law/1"
@@ -374,8 +374,8 @@ def fits_figure(analysis: Analysis) -> Figure:
             continue
         bounded = group.curve.bounded
         ax.scatter(group.curve.freq[pos], group.curve.acc[pos], s=14, color="k", alpha=0.7, label="runs")
-        if bounded:
-            ax.axhline(CHANCE, color="grey", ls=":", lw=1, label="chance")
+        if bounded and group.curve.chance > 0:
+            ax.axhline(group.curve.chance, color="grey", ls=":", lw=1, label="chance")
         if fit.baseline is not None:
             ax.axhline(fit.baseline, color="tab:green", ls="--", lw=1, label="F = 0 control")
         if fit.freq_span is not None:

@@ -19,9 +19,11 @@ log = logging.getLogger("kinject")
 
 
 class TrainingEvaluation(L.Callback):
-    """Evaluates inside `fit`, on the training device under the run's precision: every N optimizer steps
-    (the learning curve) and after the last step (the run's result). Every rank takes part (each scores
-    a slice), so it is right under DDP and FSDP alike; the curve and the result survive a resume."""
+    """Evaluates inside `fit`, on the training device under the run's precision: before the first step (what the
+    model knew before any infusion: for a run from a checkpoint, the baseline of every later number), every N
+    optimizer steps (the learning curve) and after the last step (the run's result). Every rank takes part (each
+    scores a slice), so it is right under DDP and FSDP alike; the curve and the result survive a resume, which
+    does not evaluate its first step again."""
 
     def __init__(self, evaluator: Evaluator, every_n_steps: int, tokens_per_step: int) -> None:
         self.evaluator = evaluator
@@ -33,6 +35,8 @@ class TrainingEvaluation(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.once.start(trainer.global_step)
+        if trainer.global_step == 0:
+            self._on_curve(trainer, self._evaluate(trainer, pl_module, 0), 0)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -40,6 +44,13 @@ class TrainingEvaluation(L.Callback):
         last = step >= trainer.max_steps
         if not (periodic or last) or not self.once.new_step(step):
             return
+        evaluation = self._evaluate(trainer, pl_module, step)
+        if periodic:
+            self._on_curve(trainer, evaluation, step)
+        if last:
+            self.final = evaluation
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Evaluation:
         started = time.perf_counter()
         evaluation = self.evaluator(pl_module.model, trainer.precision_plugin.forward_context())
         if trainer.is_global_zero:
@@ -49,12 +60,12 @@ class TrainingEvaluation(L.Callback):
                 time.perf_counter() - started,
                 trainer.world_size,
             )
-        if periodic:
-            self.curve.append({"step": step, "tokens": step * self.tokens_per_step, **evaluation.metrics})
-            for logger in trainer.loggers:
-                logger.log_metrics(evaluation.metrics, step=step)
-        if last:
-            self.final = evaluation
+        return evaluation
+
+    def _on_curve(self, trainer: L.Trainer, evaluation: Evaluation, step: int) -> None:
+        self.curve.append({"step": step, "tokens": step * self.tokens_per_step, **evaluation.metrics})
+        for logger in trainer.loggers:
+            logger.log_metrics(evaluation.metrics, step=step)
 
     def state_dict(self) -> dict[str, Any]:
         final = None if self.final is None else {"metrics": self.final.metrics, "items": self.final.items}

@@ -7,10 +7,12 @@ import glob
 import logging
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from kinject.files import write_atomic
@@ -73,3 +75,25 @@ def readable(path: str | os.PathLike) -> Path | None:
         log.warning("%s is missing (a save was cut off while swapping it in): reading the previous one, %s", path, old)
         return old
     return None
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read: cut off, overwritten with other bytes, or a sharded folder without meta.pt."""
+
+
+def contents(path: Path) -> dict[str, Any]:
+    """A checkpoint's step, config and states without reading its tensors (memory-mapped; a sharded folder's
+    meta.pt), so that a damaged one is found before a run is built, not when `fit` restores it."""
+    file = path / _METADATA_FILENAME if path.is_dir() else path
+    if not file.is_file():
+        raise DamagedCheckpoint(f"{file.name} is missing (a sharded checkpoint keeps its step and config there)")
+    if file is path and not zipfile.is_zipfile(path):
+        raise DamagedCheckpoint("it is not a checkpoint written by torch.save (cut off, or other bytes)")
+    try:
+        loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=file is path)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, OSError, ... for bad bytes
+        first = (str(error).splitlines() or [""])[0][:200]
+        raise DamagedCheckpoint(f"{type(error).__name__}: {first}") from error
+    if not isinstance(loaded, dict) or "global_step" not in loaded:
+        raise DamagedCheckpoint("it holds no global_step (not a checkpoint written by train.py)")
+    return loaded

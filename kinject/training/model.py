@@ -25,16 +25,28 @@ class ModelSpec:
     max_position_embeddings: int
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
+    # set only by a checkpoint's architecture (model.init, kinject.init): the defaults are kinject's own models'
+    rms_norm_eps: float = 1e-6
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # rope_parameters beyond the theta, as sorted pairs
+    init: str | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ModelSpec:
-        if cfg["hidden_size"] % cfg["num_heads"] or cfg["num_heads"] % cfg["num_kv_heads"]:
+        explicit_head = cfg.get("head_dim") is not None
+        if (cfg["hidden_size"] % cfg["num_heads"] and not explicit_head) or cfg["num_heads"] % cfg["num_kv_heads"]:
             raise ConfigError(
                 "model.num_heads",
                 "heads dividing hidden_size and divisible by num_kv_heads",
                 (cfg["hidden_size"], cfg["num_heads"], cfg["num_kv_heads"]),
             )
-        return cls(**{key: cfg[key] for key in cls.__dataclass_fields__ if key in cfg})
+        values = {key: cfg[key] for key in cls.__dataclass_fields__ if key in cfg}
+        if values.get("rope_scaling") is not None:
+            values["rope_scaling"] = tuple(sorted(dict(values["rope_scaling"]).items()))
+        return cls(**values)
 
     def llama_config(self, vocab_size: int) -> LlamaConfig:
         """A fresh config each call: transformers shares and mutates the one a model is built from. Without a KV
@@ -48,10 +60,13 @@ class ModelSpec:
             num_attention_heads=self.num_heads,
             num_key_value_heads=self.num_kv_heads,
             max_position_embeddings=self.max_position_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            rope_parameters={"rope_type": "default", **dict(self.rope_scaling or ()), "rope_theta": self.rope_theta},
             tie_word_embeddings=self.tie_embeddings,
-            attention_bias=False,
-            mlp_bias=False,
+            rms_norm_eps=self.rms_norm_eps,
+            head_dim=self.head_dim,
+            hidden_act=self.hidden_act,
+            attention_bias=self.attention_bias,
+            mlp_bias=self.mlp_bias,
             use_cache=False,
         )
 
