@@ -73,6 +73,15 @@ def peak(name: str, column: str, model: str, where: Row) -> tuple[int, float]:
     return max(((f, mean(name, column, f, model, where)) for f in freqs), key=lambda pair: pair[1])
 
 
+C, RECALL, MC = "collapse_ladder/runs.csv", "recall/exact", "memorization/acc_token"
+
+
+def ladder_fall(metric: str, model: str) -> float:
+    """The shape test's p-value for the fall, from the collapse ladder's regime report."""
+    row = next(r for r in report("collapse_ladder/regimes.json") if r["metric"] == metric)
+    return next(v for v in row["verdicts"] if v["model"] == model)["p_fall"]
+
+
 def two(x: float) -> str:
     return f"{x:.2f}"
 
@@ -541,6 +550,33 @@ CHECKS: list[tuple[str, Callable[[], tuple[str, ...]]]] = [
             pct(constant(SHAPE_MEM) / holdout(SHAPE_MEM)["f_star"] - 1),
         ),
     ),
+    # multiple choice against generative recall: the collapse ladder
+    (
+        "`xs` answers {} of the facts exactly at F = 32, {} at\n128 and {} at 512, where multiple choice reads {}, {}"
+        " and {}; `xxs` {}, {} and {} against {},\n{} and {}",
+        lambda: tuple(
+            two(mean(C, column, freq, model))
+            for model in ("xs", "xxs")
+            for column in (RECALL, MC)
+            for freq in (32, 128, 512)
+        ),
+    ),
+    (
+        "(`xs` p {}, `xxs` p {}), multiple\nchoice's for `xs` only (p {}; `xxs` p {})",
+        lambda: (
+            p(ladder_fall(RECALL, "xs")),
+            p(ladder_fall(RECALL, "xxs")),
+            p(ladder_fall(MC, "xs")),
+            p(ladder_fall(MC, "xxs")),
+        ),
+    ),
+    (
+        "at F = 0 it is {} (`xs`) and {} (`xxs`)",
+        lambda: (two(mean(C, RECALL, 0, "xs")), two(mean(C, RECALL, 0, "xxs"))),
+    ),
+    ("`memorization/acc_token` (chance {})", lambda: (two(CHANCE),)),
+    ("`block` at learning rate 1e-2, {} seeds; `xxs` and `xs` so far", lambda: (count_seeds(C, {}),)),
+    ("Mean over {} seeds; `memorization/acc_token`", lambda: (count_seeds(C, {}),)),
     # what it cannot see
     ("At most {} parameters, 2M tokens and 120 facts", lambda: (sizes()["small"],)),
     ("with 2 seeds a fall of {} is found {} of the time", lambda: (power_falls()[0], power(2)[1])),
