@@ -5,7 +5,7 @@ Left out (they change where and how fast a run goes, not what it learns or how i
 loggers, sweep and run names, the returned metric, resume and skip flags, threads, extra callbacks,
 compile and activation checkpointing, devices, nodes, strategy and accelerator (the data of every step is
 the same on any number of devices), micro-batch size and loader workers (the global batch is kept), progress
-bar, logging and checkpoint intervals, the evaluation's batching and learning-curve interval, and lookup
+bar, logging and checkpoint intervals, the evaluation's batching and learning-curve points, and lookup
 tables whose entry a run uses is a setting of its own (`tokens_per_model` of experiment=paper decides
 `tokens`, `fit_per_model` the micro-batch, strategy and activation checkpointing).
 """
@@ -44,6 +44,7 @@ IGNORED = (
     "data.micro_batch_size",
     "data.num_workers",
     "eval.every_n_steps",
+    "eval.at_start",
     "eval.batch_items",
     "eval.heldout_batch",
 )

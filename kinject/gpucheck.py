@@ -57,10 +57,11 @@ class Setup:
     run_seq_len: int
     run_steps: int
     resume_tolerance: float
+    facts: int  # facts injected and background facts asked by the train.py runs (their evaluation's size)
 
 
-GPU = Setup("cuda", "137m", "gpu", "fsdp", 2048, 32, 16, 40, 10, 512, 40, 2e-3)
-CPU = Setup("cpu", "tiny", "cpu", "fsdp_cpu", 128, 16, 8, 12, 4, 64, 24, 1e-5)
+GPU = Setup("cuda", "137m", "gpu", "fsdp", 2048, 32, 16, 40, 10, 512, 40, 2e-3, 60)
+CPU = Setup("cpu", "tiny", "cpu", "fsdp_cpu", 128, 16, 8, 12, 4, 64, 24, 1e-5, 16)
 
 
 @dataclass
@@ -209,9 +210,9 @@ def _run_overrides(setup: Setup, workdir: Path, *more: str) -> list[str]:
         "data.batch_size=32",
         "data.micro_batch_size=8",
         f"tokens={setup.run_steps * 32 * setup.run_seq_len}",
-        "knowledge.num_facts=60",
+        f"knowledge.num_facts={setup.facts}",
         "infusion.freq=4",
-        "eval.background_facts=60",
+        f"eval.background_facts={setup.facts}",
         "eval.heldout_sequences=16",
         "logger=none",
         "trainer.enable_progress_bar=false",

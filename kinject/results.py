@@ -6,7 +6,8 @@ started, completed or failed, and read here alone; `complete_runs` is the one de
 runs count, shared by train.py (skip what is done), this module's CSV and fit_law.py.
 `kinject-results FOLDER... > runs.csv` flattens the complete runs below folders into a table;
 `--metrics-from in_sequence.json` takes each run's metrics from that file beside its record instead (what
-`evaluate.py ... out=RUN/in_sequence.json` wrote when it re-scored the run on other suites).
+`evaluate.py ... out=RUN/in_sequence.json` wrote when it re-scored the run on other suites);
+`--items memorization/correct_token recall/exact` writes those per-item outcomes instead, one row per fact.
 """
 
 from __future__ import annotations
@@ -134,17 +135,26 @@ COLUMNS = (
 )
 
 
+def _records(folders: list[str | os.PathLike], metrics_from: str | None) -> list[RunRecord]:
+    """The complete runs below the folders; with `metrics_from`, those with that file in their folder, its
+    metrics and items in place of the record's."""
+    records = list(complete_runs(folders))
+    if not metrics_from:
+        return records
+    found = [(r, r.path.parent / metrics_from) for r in records]
+    return [
+        RunRecord(
+            r.path, {**r.data, **{k: v for k, v in json.loads(p.read_text()).items() if k in ("metrics", "items")}}
+        )
+        for r, p in found
+        if p.is_file()
+    ]
+
+
 def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> tuple[list[str], list[list[Any]]]:
     """One row per complete run below the folders: its identity, then every metric (a CSV for people). With
     `metrics_from`, the metrics of that file in the run's folder, for the runs that have one."""
-    records = list(complete_runs(folders))
-    if metrics_from:
-        found = [(r, r.path.parent / metrics_from) for r in records]
-        records = [
-            RunRecord(r.path, {**r.data, "metrics": json.loads(p.read_text())["metrics"]})
-            for r, p in found
-            if p.is_file()
-        ]
+    records = _records(folders, metrics_from)
     metrics = sorted({key for r in records for key in r["metrics"]})
     rows = [
         [
@@ -169,14 +179,43 @@ def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> 
     return [*COLUMNS, *metrics], sorted(rows, key=lambda row: (row[1], row[3], row[4], row[7]))
 
 
+ITEM_COLUMNS = ("model", "freq", "seed", "suite", "fact_id", "outcome")
+
+
+def items(
+    folders: list[str | os.PathLike], fields: list[str], metrics_from: str | None = None
+) -> tuple[list[str], list[list[Any]]]:
+    """One row per fact, run and `SUITE/FIELD` (e.g. `recall/exact`): the per-item outcomes that the
+    intervals and tests resample, as a CSV to commit beside the runs' table."""
+    rows = []
+    for r in _records(folders, metrics_from):
+        for field in fields:
+            suite, _, name = field.partition("/")
+            held = r["items"].get(suite)
+            if held is None or name not in held:
+                raise ValueError(f"{r.path}: no per-item {name!r} of suite {suite!r}; --items takes SUITE/FIELD")
+            identity = [r["model"]["name"], r["infusion"]["freq"], r["run"]["seed"], suite]
+            rows += [[*identity, fact, value] for fact, value in zip(held["fact_id"], held[name], strict=True)]
+    return list(ITEM_COLUMNS), rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kinject-results", description="complete runs as CSV on stdout")
     parser.add_argument("folders", nargs="+", help="searched recursively for results.json")
     parser.add_argument("--metrics-from", metavar="FILE", help="each run's metrics from this file in its folder")
+    parser.add_argument(
+        "--items", nargs="+", metavar="SUITE/FIELD", help="per-item outcomes (e.g. recall/exact), a row per fact"
+    )
     args = parser.parse_args(argv)
     if missing := [folder for folder in args.folders if not Path(folder).is_dir()]:
         parser.error(f"expected folders of runs, got {', '.join(missing)}: no such folder")
-    header, rows = table(args.folders, args.metrics_from)
+    try:
+        header, rows = (
+            items(args.folders, args.items, args.metrics_from) if args.items else table(args.folders, args.metrics_from)
+        )
+    except ValueError as error:
+        print(f"kinject-results: {error}", file=sys.stderr)
+        return 2
     if not rows:
         print(f"kinject-results: no complete run under {', '.join(args.folders)}", file=sys.stderr)
     writer = csv.writer(sys.stdout)

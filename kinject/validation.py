@@ -137,6 +137,7 @@ RULES = (
     Rule("optim.weight_decay", float, 0),
     Rule("optim.warmup_steps", int, 0),
     Rule("eval.every_n_steps", int, 0),
+    Rule("eval.at_start", bool, choices=(True, False)),
     Rule("eval.background_facts", int, 0),
     Rule("eval.heldout_sequences", int, 0),
     Rule("eval.batch_items", int, 1),

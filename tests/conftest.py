@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tests.corpus_files import ROW_GROUPS, ROWS_PER_GROUP, documents, write_parquet
 
@@ -21,6 +21,7 @@ TINY = [
     "sweep=test",
     "trainer.enable_progress_bar=false",
     "threads=1",
+    "eval.at_start=false",  # a test of the step-0 evaluation turns it back on
 ]
 
 
@@ -38,6 +39,22 @@ def console_script(name: str) -> str:
     path = Path(sys.executable).parent / name
     assert path.is_file(), f"{name} is not installed in {path.parent}: run `pip install -r requirements.txt`"
     return str(path)
+
+
+def write_checkpoint(cfg: DictConfig, path: Path) -> Path:
+    """A kinject checkpoint of an untrained model of `cfg` (random weights: seed torch first to fix them), as
+    train.py writes one: the config, the module's hyperparameters and its weights."""
+    from kinject.run.experiment import prepare
+    from kinject.training.lightning_module import CausalLM
+
+    module = CausalLM(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=prepare(cfg).vocab_size)
+    checkpoint = {
+        "kinject_config": OmegaConf.to_container(cfg, resolve=True),
+        "hyper_parameters": dict(module.hparams),
+        "state_dict": module.state_dict(),
+    }
+    torch.save(checkpoint, path)
+    return path
 
 
 @pytest.fixture(scope="session")

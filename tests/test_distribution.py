@@ -30,10 +30,10 @@ from tests.conftest import ROOT, TINY
 
 
 def _run(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    """train.py on the tiny config, evaluating at step 0 as well: its collective is the first every rank meets."""
     flags = ["-m"] if multirun else []
-    return subprocess.run(
-        [sys.executable, "train.py", *flags, *TINY, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=180
-    )
+    command = [sys.executable, "train.py", *flags, *TINY, "eval.at_start=true", *overrides]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
 def _seen(folder: Path) -> dict[int, set[int]]:

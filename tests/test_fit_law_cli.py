@@ -3,6 +3,7 @@ report and figures out; unusable input gives exit code 2 and one clear line."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -619,3 +620,27 @@ def test_recall_re_scored_beside_each_run_is_fitted_without_a_chance_floor(sweep
     plain = tmp_path / "choice.json"
     assert run_cli(str(sweep), "--out", str(plain)) == 0
     assert all(m["floored"] is not None for m in json.loads(plain.read_text())["models"])
+
+
+def test_results_items_are_each_runs_outcomes_fact_by_fact_and_a_missing_field_is_named(tmp_path: Path, capsys) -> None:
+    """`kinject-results --items` writes the per-item outcomes the intervals resample, from each record or from
+    the re-scoring beside it; a suite or field a record lacks is an error naming the record, not a short table."""
+    rng = np.random.default_rng(0)
+    run = write_run(tmp_path, "tiny", 8, 1, rng)
+    record = json.loads((run / "results.json").read_text())
+    (run / "rescored.json").write_text(
+        json.dumps({"metrics": {"recall/exact": 0.5}, "items": {"recall": {"fact_id": [3, 5], "exact": [1, 0]}}})
+    )
+    assert results.main([str(tmp_path), "--items", "memorization/correct_token"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0] == ["model", "freq", "seed", "suite", "fact_id", "outcome"]
+    assert rows[1:] == [
+        ["tiny", "8", "1", "memorization", str(fact), str(outcome)]
+        for fact, outcome in zip(range(FACTS), record["items"]["memorization"]["correct_token"], strict=True)
+    ]
+    assert results.main([str(tmp_path), "--items", "recall/exact", "--metrics-from", "rescored.json"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["tiny,8,1,recall,3,1", "tiny,8,1,recall,5,0"]
+    assert results.main([str(tmp_path), "--items", "recall/exact"]) == 2
+    assert capsys.readouterr().err == (
+        f"kinject-results: {run / 'results.json'}: no per-item 'exact' of suite 'recall'; --items takes SUITE/FIELD\n"
+    )

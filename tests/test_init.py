@@ -55,7 +55,7 @@ def init_folder(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Pa
 
 
 def _from_init(make_cfg, folder: Path | str, *overrides: str, output_dir: Path | None = None):
-    cfg = make_cfg("model=init", f"model.init={folder}", *overrides, output_dir=output_dir)
+    cfg = make_cfg("model=init", f"model.init={folder}", "eval.at_start=true", *overrides, output_dir=output_dir)
     validate(cfg)
     return cfg
 
@@ -233,6 +233,7 @@ def test_fsdp_ranks_start_from_the_init_read_by_rank_zero(init_folder, cache_dir
             "data.micro_batch_size=2",
             "model=init",
             f"model.init={init_folder}",
+            "eval.at_start=true",
             "tokens=2048",
             f"paths.cache_dir={cache_dir}",
             f"paths.output_dir={tmp_path}",

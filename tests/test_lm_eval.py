@@ -6,12 +6,10 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from kinject.cli.evaluate import LM_EVAL, evaluate, export
 from kinject.evaluation.lm_eval_tasks import PREFIX
-from kinject.run.experiment import prepare
-from kinject.training.lightning_module import CausalLM
+from tests.conftest import write_checkpoint
 
 
 @pytest.fixture
@@ -20,16 +18,7 @@ def exported(make_cfg, tmp_path):
     packed in blocks (questions after context documents)."""
     cfg = make_cfg("eval.suites=[memorization,memorization_in_sequence,background]", "infusion.packing=block")
     torch.manual_seed(0)
-    module = CausalLM(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=prepare(cfg).vocab_size)
-    checkpoint = tmp_path / "last.ckpt"
-    torch.save(
-        {
-            "kinject_config": OmegaConf.to_container(cfg, resolve=True),
-            "hyper_parameters": dict(module.hparams),
-            "state_dict": module.state_dict(),
-        },
-        checkpoint,
-    )
+    checkpoint = write_checkpoint(cfg, tmp_path / "last.ckpt")
     return export(checkpoint, tmp_path / "hf")
 
 

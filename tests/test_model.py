@@ -5,10 +5,9 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from kinject.training.model import ModelSpec, build, count_params
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_checkpoint
 
 LADDER = {"137m": 137e6, "300m": 300e6, "562m": 562e6, "1.05b": 1.05e9, "3b": 3e9}
 
@@ -50,19 +49,8 @@ def test_an_export_turns_the_kv_cache_back_on_for_generation(make_cfg, tmp_path)
     from transformers import AutoModelForCausalLM
 
     from kinject.cli.evaluate import export
-    from kinject.training.lightning_module import CausalLM
 
-    cfg = make_cfg()
-    module = CausalLM(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=1620)
-    checkpoint = tmp_path / "last.ckpt"
-    torch.save(
-        {
-            "kinject_config": OmegaConf.to_container(cfg, resolve=True),
-            "hyper_parameters": dict(module.hparams),
-            "state_dict": module.state_dict(),
-        },
-        checkpoint,
-    )
+    checkpoint = write_checkpoint(make_cfg(), tmp_path / "last.ckpt")
     folder = export(checkpoint, tmp_path / "hf")
     assert json.loads((folder / "config.json").read_text())["use_cache"] is True
     assert AutoModelForCausalLM.from_pretrained(folder).config.use_cache is True
@@ -134,7 +122,7 @@ def test_the_public_ladder_counts_its_published_parameters(name):
 
 
 @pytest.mark.slow
-def test_a_run_evaluates_before_its_first_step_and_logs_it(make_cfg):
+def test_a_run_evaluates_before_its_first_step_and_logs_it_unless_told_not_to(make_cfg):
     from lightning.pytorch.loggers import Logger
 
     from kinject.cli.train import build_trainer
@@ -155,9 +143,14 @@ def test_a_run_evaluates_before_its_first_step_and_logs_it(make_cfg):
             pass
 
     cfg = make_cfg("tokens=1024", "infusion.freq=0", "eval.every_n_steps=0")
-    module, experiment, _ = _tiny(make_cfg)
-    evaluation = TrainingEvaluation(experiment.evaluator, 0, experiment.budget.tokens_per_step)
-    recording = Recording()
-    build_trainer(cfg, experiment, [recording], [evaluation]).fit(module, datamodule=experiment.datamodule)
-    assert [point["step"] for point in evaluation.curve] == [0] and recording.steps == [0]
-    assert evaluation.final is not None and set(evaluation.curve[0]) >= set(evaluation.final.metrics)
+    for at_start in (True, False):
+        module, experiment, _ = _tiny(make_cfg)
+        evaluation = TrainingEvaluation(experiment.evaluator, 0, experiment.budget.tokens_per_step, at_start)
+        recording = Recording()
+        build_trainer(cfg, experiment, [recording], [evaluation]).fit(module, datamodule=experiment.datamodule)
+        assert evaluation.final is not None
+        if at_start:
+            assert [point["step"] for point in evaluation.curve] == [0] and recording.steps == [0]
+            assert set(evaluation.curve[0]) >= set(evaluation.final.metrics)
+        else:
+            assert evaluation.curve == [] and recording.steps == [], "eval.at_start=false: no step-0 evaluation"

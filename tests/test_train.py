@@ -25,7 +25,7 @@ def _results(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_train_writes_results_and_evaluate_reproduces_them(make_cfg, tmp_path):
-    cfg = make_cfg("eval.every_n_steps=16")
+    cfg = make_cfg("eval.every_n_steps=16", "eval.at_start=true")
     metric = train_script.train(cfg)
     out = Path(cfg.paths.output_dir)
     record = _results(out)

@@ -157,7 +157,7 @@ def _train(
     flops = flops_per_token(experiment.model, experiment.vocab_size, experiment.budget.seq_len)
     _warn_if_slow_on_cpu(cfg, experiment, flops)
     evaluation = TrainingEvaluation(
-        experiment.evaluator, int(cfg.eval.every_n_steps), experiment.budget.tokens_per_step
+        experiment.evaluator, int(cfg.eval.every_n_steps), experiment.budget.tokens_per_step, bool(cfg.eval.at_start)
     )
     progress = ProgressLog(experiment.budget.tokens_per_step)
     resumption = Resumption()

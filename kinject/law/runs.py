@@ -64,6 +64,13 @@ class Table:
     bounded: bool = True  # accuracies; False for an unbounded score (kinject.law.curves.Curve.bounded)
     chance: float = CHANCE  # an accuracy's chance level: 0 for generative recall
 
+    def add(self, found: Run | str) -> None:
+        """A run, or the note saying why one was skipped."""
+        if isinstance(found, Run):
+            self.runs.append(found)
+        else:
+            self.notes.append(found)
+
 
 def _metric_parts(metric: str) -> tuple[str, str]:
     """'memorization/acc_token' -> ('memorization', 'correct_token'), 'memorization/margin' ->
@@ -187,13 +194,9 @@ def load_runs(dirs: Iterable[str | Path], metric: str = DEFAULT_METRIC, metrics_
                 continue
             held.update(payload.get("metrics") or ())
             try:
-                run = _from_results(record.path, payload, metric)
+                table.add(_from_results(record.path, payload, metric))
             except (KeyError, TypeError, ValueError) as error:
-                run = f"{record.path}: malformed ({type(error).__name__}: {error})"
-            if isinstance(run, Run):
-                table.runs.append(run)
-            else:
-                table.notes.append(run)
+                table.add(f"{record.path}: malformed ({type(error).__name__}: {error})")
     if held and metric not in held:
         raise _unknown_metric(metric, held, f"no complete run under {', '.join(map(str, folders))}")
     return table
@@ -253,13 +256,9 @@ def load_wandb(
             continue
         held.update(key for key in run.summary.keys() if isinstance(key, str))
         try:
-            found = _from_wandb(run.config, run.summary, metric, suite, where)
+            table.add(_from_wandb(run.config, run.summary, metric, suite, where))
         except (KeyError, TypeError, ValueError) as error:
-            found = f"{where}: malformed ({type(error).__name__}: {error})"
-        if isinstance(found, Run):
-            table.runs.append(found)
-        else:
-            table.notes.append(found)
+            table.add(f"{where}: malformed ({type(error).__name__}: {error})")
     if not table.runs and not table.notes:
         raise TableError(f"wandb:{path}: no runs match filters {filters or '(none)'}")
     if held and metric not in held:

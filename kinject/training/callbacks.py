@@ -19,15 +19,17 @@ log = logging.getLogger("kinject")
 
 
 class TrainingEvaluation(L.Callback):
-    """Evaluates inside `fit`, on the training device under the run's precision: before the first step (what the
-    model knew before any infusion: for a run from a checkpoint, the baseline of every later number), every N
+    """Evaluates inside `fit`, on the training device under the run's precision: before the first step unless
+    `at_start` is off (what the model knew before any infusion: for a run from a checkpoint, the baseline of every
+    later number), every N
     optimizer steps (the learning curve) and after the last step (the run's result). Every rank takes part (each
     scores a slice), so it is right under DDP and FSDP alike; the curve and the result survive a resume, which
     does not evaluate its first step again."""
 
-    def __init__(self, evaluator: Evaluator, every_n_steps: int, tokens_per_step: int) -> None:
+    def __init__(self, evaluator: Evaluator, every_n_steps: int, tokens_per_step: int, at_start: bool = True) -> None:
         self.evaluator = evaluator
         self.every_n_steps = every_n_steps
+        self.at_start = at_start
         self.tokens_per_step = tokens_per_step
         self.curve: list[dict[str, float]] = []
         self.final: Evaluation | None = None
@@ -35,7 +37,7 @@ class TrainingEvaluation(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.once.start(trainer.global_step)
-        if trainer.global_step == 0:
+        if self.at_start and trainer.global_step == 0:
             self._on_curve(trainer, self._evaluate(trainer, pl_module, 0), 0)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
