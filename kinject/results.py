@@ -136,19 +136,20 @@ COLUMNS = (
 
 
 def _records(folders: list[str | os.PathLike], metrics_from: str | None) -> list[RunRecord]:
-    """The complete runs below the folders; with `metrics_from`, those with that file in their folder, its
+    """The complete runs below the folders; with `metrics_from`, only those with that file in their folder, its
     metrics and items in place of the record's."""
     records = list(complete_runs(folders))
     if not metrics_from:
         return records
-    found = [(r, r.path.parent / metrics_from) for r in records]
-    return [
-        RunRecord(
-            r.path, {**r.data, **{k: v for k, v in json.loads(p.read_text()).items() if k in ("metrics", "items")}}
-        )
-        for r, p in found
-        if p.is_file()
-    ]
+    rescored = []
+    for record in records:
+        path = record.path.parent / metrics_from
+        if path.is_file():
+            other = json.loads(path.read_text())
+            rescored.append(
+                RunRecord(record.path, {**record.data, "metrics": other["metrics"], "items": other.get("items", {})})
+            )
+    return rescored
 
 
 def table(folders: list[str | os.PathLike], metrics_from: str | None = None) -> tuple[list[str], list[list[Any]]]:

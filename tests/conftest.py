@@ -26,7 +26,9 @@ TINY = [
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `gpu` run only where CUDA is available."""
+    """Tests marked `slow` first, so that pytest-xdist's workers end on short ones instead of one waiting for the
+    other's long test; tests marked `gpu` run only where CUDA is available."""
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     for item in items:

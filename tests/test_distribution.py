@@ -71,6 +71,10 @@ def _assert_same_run(a: dict, b: dict) -> None:
 FSDP = ("trainer=fsdp_cpu", "data.micro_batch_size=2")
 
 
+# its tests run on one pytest-xdist worker (--dist loadgroup), which builds the fixture once
+with_fsdp_run = pytest.mark.xdist_group("fsdp_run")
+
+
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory, cache_dir) -> tuple[Path, dict]:
     """An uninterrupted FSDP2 run (2 gloo ranks, 2 micro-batches per step on each): its folder and results."""
@@ -78,6 +82,7 @@ def fsdp_run(tmp_path_factory, cache_dir) -> tuple[Path, dict]:
     return root / "fsdp", _train(root, "fsdp", cache_dir, *FSDP)
 
 
+@with_fsdp_run
 @pytest.mark.slow
 def test_ddp_and_fsdp_with_accumulation_and_periodic_evaluation_match_one_process(tmp_path, cache_dir, fsdp_run):
     """Two gloo ranks, 2 micro-batches per step on each, evaluating every 4 steps: the case that hung
@@ -120,6 +125,7 @@ def test_ddp_and_fsdp_with_accumulation_and_periodic_evaluation_match_one_proces
         assert point == pytest.approx(expected_point, abs=1e-5)
 
 
+@with_fsdp_run
 @pytest.mark.slow
 def test_a_run_killed_during_a_sharded_save_resumes_from_the_previous_checkpoint(tmp_path, cache_dir, fsdp_run):
     """Rank 1 dies once it has written its shards of step 6 (rank 0 is killed by Lightning's launcher): written in

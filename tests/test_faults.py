@@ -41,6 +41,10 @@ def _command(output_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
+# its tests run on one pytest-xdist worker (--dist loadgroup), which builds the fixture once
+with_uninterrupted = pytest.mark.xdist_group("uninterrupted")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cache_dir) -> dict:
     """The results of the run the interrupted ones must end up equal to."""
@@ -50,6 +54,7 @@ def uninterrupted(tmp_path_factory, cache_dir) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
+@with_uninterrupted
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, cache_dir, uninterrupted):
     killed_dir = tmp_path / "killed"
@@ -77,6 +82,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
     assert flat[0] == pytest.approx(flat[1], abs=1e-3)
 
 
+@with_uninterrupted
 @pytest.mark.slow
 def test_sigterm_saves_the_current_step_records_it_exits_non_zero_and_the_same_command_resumes(
     tmp_path, cache_dir, uninterrupted

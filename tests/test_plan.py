@@ -110,11 +110,10 @@ def test_a_search_instead_of_a_grid_is_a_clear_error(capsys):
 @pytest.mark.slow
 def test_the_plan_console_script_runs_from_any_folder(tmp_path):
     """The installed package finds its configs from outside the checkout."""
-    done = subprocess.run(
-        [console_script("kinject-plan"), "experiment=paper"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    command = [console_script("kinject-plan"), "experiment=paper", "model=137m", "infusion.freq=10"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "plan of python train.py -m experiment=paper: 30 jobs" in done.stdout
+    assert "plan of python train.py -m experiment=paper model=137m infusion.freq=10: 1 jobs" in done.stdout
 
 
 def test_every_size_of_the_paper_preset_fits_an_80_gb_gpu_with_its_headroom():

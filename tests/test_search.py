@@ -62,6 +62,10 @@ def _trials(storage: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="test", storage=f"sqlite:///{storage}").trials
 
 
+# its tests run on one pytest-xdist worker (--dist loadgroup), which builds the fixture once
+with_searched = pytest.mark.xdist_group("searched")
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """A 4-trial search whose report puts F* at 8 within [2, 2000]."""
@@ -70,6 +74,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     return root
 
 
+@with_searched
 @pytest.mark.slow
 def test_a_search_stores_its_trials_and_each_is_a_normal_run(searched):
     trials = _trials(searched / "study.db")
@@ -84,11 +89,13 @@ def test_a_search_stores_its_trials_and_each_is_a_normal_run(searched):
     assert best.best_value == max(t.value for t in complete)
 
 
+@with_searched
 @pytest.mark.slow
 def test_the_law_informed_start_places_the_first_trials_where_the_report_says(searched):
     assert [t.params[FREQ] for t in _trials(searched / "study.db")[:3]] == [8, 2, 2000]
 
 
+@with_searched
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_as_failed_and_the_search_goes_on(searched):
     trials = _trials(searched / "study.db")
@@ -96,6 +103,7 @@ def test_a_failing_trial_is_recorded_as_failed_and_the_search_goes_on(searched):
     assert trials[3].state.is_finished()
 
 
+@with_searched
 @pytest.mark.slow
 def test_a_rerun_continues_the_study_up_to_its_total(searched, tmp_path, cache_dir):
     storage = tmp_path / "study.db"

@@ -250,7 +250,7 @@ def test_last_checkpoint_by_steps_or_by_wall_time_and_always_at_the_end(make_cfg
 def test_evaluation_runs_under_the_training_precision(make_cfg):
     """A bf16-mixed run is scored under bf16 autocast inside fit (not in fp32 after it): evaluate.py under the
     run's precision reproduces it, and fp32 scores differ."""
-    cfg = make_cfg("trainer.precision=bf16-mixed")
+    cfg = make_cfg("trainer.precision=bf16-mixed", "eval.suites=[memorization]")
     train_script.train(cfg)
     out = Path(cfg.paths.output_dir)
     record = _results(out)
