@@ -76,10 +76,30 @@ def peak(name: str, column: str, model: str, where: Row) -> tuple[int, float]:
 C, RECALL, MC = "collapse_ladder/runs.csv", "recall/exact", "memorization/acc_token"
 
 
+BACKGROUND_RECALL = "background_recall/exact"
+
+
+def ladder_verdicts(metric: str) -> list[dict[str, Any]]:
+    """Per size, the verdict of the collapse ladder's regime report on `metric`."""
+    return next(r for r in report("collapse_ladder/regimes.json") if r["metric"] == metric)["verdicts"]
+
+
 def ladder_fall(metric: str, model: str) -> float:
     """The shape test's p-value for the fall, from the collapse ladder's regime report."""
-    row = next(r for r in report("collapse_ladder/regimes.json") if r["metric"] == metric)
-    return next(v for v in row["verdicts"] if v["model"] == model)["p_fall"]
+    return next(v for v in ladder_verdicts(metric) if v["model"] == model)["p_fall"]
+
+
+def both_tiny() -> tuple[str]:
+    """`tiny`'s p-value of the fall, said once for recall and multiple choice: they must read the same."""
+    recall, choice = p(ladder_fall(RECALL, "tiny")), p(ladder_fall(MC, "tiny"))
+    return (recall if recall == choice else f"{recall} (recall), {choice} (multiple choice)",)
+
+
+def fall_from_top(metric: str, model: str) -> float:
+    """The top mean over F less the mean at the largest F."""
+    freqs = sorted({int(float(r["freq"])) for r in table(C) if r["model"] == model})
+    means = [mean(C, metric, f, model) for f in freqs]
+    return max(means) - means[-1]
 
 
 def two(x: float) -> str:
@@ -552,30 +572,51 @@ CHECKS: list[tuple[str, Callable[[], tuple[str, ...]]]] = [
     ),
     # multiple choice against generative recall: the collapse ladder
     (
-        "`xs` answers {} of the facts exactly at F = 32, {} at\n128 and {} at 512, where multiple choice reads {}, {}"
-        " and {}; `xxs` {}, {} and {} against {},\n{} and {}",
+        "`tiny` answers {} of the facts exactly at F = 32, {} at 128 and {} at 512, where multiple choice reads {},"
+        " {} and {}; `xs` {}, {} and {} against {}, {} and {}; `xxs` {}, {} and {} against {}, {} and {}",
         lambda: tuple(
             two(mean(C, column, freq, model))
-            for model in ("xs", "xxs")
+            for model in ("tiny", "xs", "xxs")
             for column in (RECALL, MC)
             for freq in (32, 128, 512)
         ),
     ),
     (
-        "(`xs` p {}, `xxs` p {}), multiple\nchoice's for `xs` only (p {}; `xxs` p {})",
+        "`tiny` p {} for both, `xs` p {} for recall and p {} for multiple choice, `xxs` p {} for recall and p {} for"
+        " multiple choice (a fall of {} from its top, below the {} that {} seeds find {} of the time)",
         lambda: (
-            p(ladder_fall(RECALL, "xs")),
-            p(ladder_fall(RECALL, "xxs")),
-            p(ladder_fall(MC, "xs")),
-            p(ladder_fall(MC, "xxs")),
+            both_tiny()
+            + (
+                p(ladder_fall(RECALL, "xs")),
+                p(ladder_fall(MC, "xs")),
+                p(ladder_fall(RECALL, "xxs")),
+                p(ladder_fall(MC, "xxs")),
+                two(fall_from_top(MC, "xxs")),
+                power_falls()[0],
+                count_seeds(C, {}),
+                power(int(count_seeds(C, {})))[1],
+            )
         ),
     ),
     (
-        "at F = 0 it is {} (`xs`) and {} (`xxs`)",
-        lambda: (two(mean(C, RECALL, 0, "xs")), two(mean(C, RECALL, 0, "xxs"))),
+        "AICc prefers a saturating curve for recall at every size{}",
+        lambda: ("" if all(v["preferred"] == "saturating" for v in ladder_verdicts(RECALL)) else " (not so)",),
+    ),
+    (
+        "at F = 0 it is {} (`tiny`), {} (`xs`) and {} (`xxs`)",
+        lambda: tuple(two(mean(C, RECALL, 0, model)) for model in ("tiny", "xs", "xxs")),
+    ),
+    (
+        "Background recall stays at {} or more up to F = 128 and falls only at 512 (`tiny` {}), where the injected"
+        " facts take {} of the budget",
+        lambda: (
+            f"{min(mean(C, BACKGROUND_RECALL, f, m) for m in ('tiny', 'xs', 'xxs') for f in (0, 2, 8, 32, 128)):.2f}",
+            two(mean(C, BACKGROUND_RECALL, 512, "tiny")),
+            f"{mean(C, 'injected_share', 512, 'tiny'):.0%}",
+        ),
     ),
     ("`memorization/acc_token` (chance {})", lambda: (two(CHANCE),)),
-    ("`block` at learning rate 1e-2, {} seeds; `xxs` and `xs` so far", lambda: (count_seeds(C, {}),)),
+    ("`block` at learning rate 1e-2, {} seeds; `xxs`, `xs` and `tiny` so far", lambda: (count_seeds(C, {}),)),
     ("Mean over {} seeds; `memorization/acc_token`", lambda: (count_seeds(C, {}),)),
     # what it cannot see
     ("At most {} parameters, 2M tokens and 120 facts", lambda: (sizes()["small"],)),
