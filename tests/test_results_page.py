@@ -226,6 +226,12 @@ def shared_grid(*settings: Row) -> str:
     return grids.pop()
 
 
+def fall_with_background_fixed(metric: str) -> tuple[str, ...]:
+    """`xs` and `tiny` at F = 32, then at F = 512, then the p of each fall: `block`, lr 1e-2, background fixed."""
+    at = [share(S, metric, f, m, BLOCK_LR_FIXED_BACKGROUND) for f in (32, 512) for m in ("xs", "tiny")]
+    return (*at, *(p_fall(metric, m, budget="fixed_background", lr="0.01") for m in ("xs", "tiny")))
+
+
 def count_seeds(name: str, where: Row) -> str:
     return str(len({r["seed"] for r in table(name) if all(r[k] == v for k, v in where.items())}))
 
@@ -423,26 +429,9 @@ CHECKS: list[tuple[str, Callable[[], tuple[str, ...]]]] = [
     ),
     (
         "memorization from {} and {} at F = 32 to {} and {} at F = 512 (p {} and p {})",
-        lambda: (
-            share(S, MEM, 32, "xs", BLOCK_LR_FIXED_BACKGROUND),
-            share(S, MEM, 32, "tiny", BLOCK_LR_FIXED_BACKGROUND),
-            share(S, MEM, 512, "xs", BLOCK_LR_FIXED_BACKGROUND),
-            share(S, MEM, 512, "tiny", BLOCK_LR_FIXED_BACKGROUND),
-            p_fall(MEM, "xs", budget="fixed_background", lr="0.01"),
-            p_fall(MEM, "tiny", budget="fixed_background", lr="0.01"),
-        ),
+        lambda: fall_with_background_fixed(MEM),
     ),
-    (
-        "extraction from {} and {} to {} and {} (p {} and p {})",
-        lambda: (
-            share(S, EXT, 32, "xs", BLOCK_LR_FIXED_BACKGROUND),
-            share(S, EXT, 32, "tiny", BLOCK_LR_FIXED_BACKGROUND),
-            share(S, EXT, 512, "xs", BLOCK_LR_FIXED_BACKGROUND),
-            share(S, EXT, 512, "tiny", BLOCK_LR_FIXED_BACKGROUND),
-            p_fall(EXT, "xs", budget="fixed_background", lr="0.01"),
-            p_fall(EXT, "tiny", budget="fixed_background", lr="0.01"),
-        ),
-    ),
+    ("extraction from {} and {} to {} and {} (p {} and p {})", lambda: fall_with_background_fixed(EXT)),
     # 5. alone and in sequence
     (
         "answer {} of the facts alone at F = 512 answer {} of them after their list neighbours",
