@@ -41,6 +41,17 @@ def _command(output_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
+def _signal_once_marked(command: list[str], mark: Path, sig: signal.Signals) -> tuple[int, str, str]:
+    """Starts train.py, sends `sig` once its MarkStep callback has created `mark`; its exit code and output."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not mark.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    return process.returncode, stdout, stderr
+
+
 # its tests run on one pytest-xdist worker (--dist loadgroup), which builds the fixture once
 with_uninterrupted = pytest.mark.xdist_group("uninterrupted")
 
@@ -98,13 +109,8 @@ def test_sigterm_saves_the_current_step_records_it_exits_non_zero_and_the_same_c
         f"+callbacks.mark.path={mark}",
         "+callbacks.mark.step=5",
     )
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not mark.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    returncode, _, stderr = _signal_once_marked(command, mark, signal.SIGTERM)
+    assert returncode == 128 + signal.SIGTERM, stderr[-2000:]
     record = results.read(folder / "results.json")
     assert record["status"] == "interrupted" and 5 <= record["step"] < 128, record
     assert "SIGTERM: stopped at step" in record["error"]
@@ -134,13 +140,8 @@ def test_ctrl_c_exits_130_with_the_step_it_resumes_from_and_overwrite_starts_a_c
         f"+callbacks.mark.path={mark}",
         "+callbacks.mark.step=6",
     )
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not mark.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    returncode, stdout, stderr = _signal_once_marked(command, mark, signal.SIGINT)
+    assert returncode == 128 + signal.SIGINT, stderr[-2000:]
     record = results.read(folder / "results.json")
     step, saved = record["step"], torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert record["status"] == "interrupted" and 6 <= step < 128 and saved == step - step % 4, record
