@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,14 +42,29 @@ def _command(output_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signal_once_marked(command: list[str], mark: Path, sig: signal.Signals) -> tuple[int, str, str]:
-    """Starts train.py, sends `sig` once its MarkStep callback has created `mark`; its exit code and output."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not mark.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
+    """Starts train.py, sends `sig` once its MarkStep callback has created `mark`; its exit code and output.
+    Output goes to files, not pipes, so that a child never blocks on a full pipe before it reaches the mark; a child
+    that ends or stalls unmarked fails the test (a signal sent before the handlers are installed would test nothing).
+    Ctrl-C is restored to its default in the child: a shell starting the suite in the background (`cmd &`) ignores
+    SIGINT, and the child would inherit that and train to the end."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True, preexec_fn=_default_sigint)
+        deadline = time.time() + 600
+        while not mark.exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        if mark.exists():
+            process.send_signal(sig)
+        else:
+            process.kill()
+        process.wait(timeout=300)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert mark.exists(), f"train.py never reached the step to signal at (exit {process.returncode}): {stderr[-2000:]}"
     return process.returncode, stdout, stderr
 
 
